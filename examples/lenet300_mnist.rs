@@ -1,0 +1,85 @@
+//! Train LeNet-300-100 on MNIST with sparse momentum through the library API,
+//! printing one line per epoch and each layer's density after every mask update.
+//!
+//! `cargo run --release --example lenet300_mnist -- [density] [epochs]`
+//! (defaults: 0.02 and 10).
+
+use std::path::Path;
+
+use sparsetrain::prelude::*;
+use sparsetrain::sparsity::MaskUpdate;
+use sparsetrain::train::EpochStats;
+
+/// Prints what training reports.
+struct Report;
+
+impl Observer for Report {
+    fn on_mask_update(&mut self, update: &MaskUpdate) {
+        let densities: Vec<String> = update
+            .layers
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {:.1}%",
+                    l.name,
+                    100.0 * l.nnz_after as f64 / l.size as f64
+                )
+            })
+            .collect();
+        println!(
+            "  masks updated (prune rate {:.3}): {}",
+            update.prune_rate,
+            densities.join(", ")
+        );
+    }
+
+    fn on_epoch(&mut self, s: &EpochStats) {
+        println!(
+            "epoch {:>3}: loss {:.4}, validation {:.2} %, test {:.2} %, {:.2} s",
+            s.epoch,
+            s.train_loss,
+            100.0 * s.validation_accuracy.unwrap_or(0.0),
+            100.0 * s.test_accuracy,
+            s.seconds
+        );
+    }
+}
+
+fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let density: f64 = match args.next() {
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("density `{s}` is not a number"))?,
+        None => 0.02,
+    };
+    let epochs: usize = match args.next() {
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("epochs `{s}` is not a whole number"))?,
+        None => 10,
+    };
+    let mnist = Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))?;
+    let config = TrainConfig {
+        epochs,
+        sparse: Some(SparseSettings {
+            density,
+            ..SparseSettings::default()
+        }),
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(config, &mnist.train, &mnist.test)?;
+    for layer in trainer.layers() {
+        println!(
+            "{}: {}×{}, {} weights stored",
+            layer.name, layer.shape.0, layer.shape.1, layer.nnz
+        );
+    }
+    let summary = trainer.run(&mut Report)?;
+    println!(
+        "test error {:.2} % after {} epochs",
+        100.0 * summary.test_error,
+        summary.epochs
+    );
+    Ok(())
+}

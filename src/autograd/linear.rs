@@ -1,0 +1,157 @@
+//! Linear ops: `W·x` with a sparse or dense `W`, and adding a bias.
+//!
+//! Activations are `features × batch`, so a layer is `Y = W·X + b` with `W`
+//! of shape `out × in` and `b` an `out × 1` column broadcast over the batch.
+
+use ndarray::{Array2, Axis};
+
+use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
+use crate::dense::gemm;
+use crate::error::{Error, Result};
+use crate::params::{ParamId, ParamValue};
+use crate::sparse::{sddmm, spmm, spmm_transposed};
+
+/// `Y = W·X` for a sparse `W`.
+#[derive(Debug)]
+pub(crate) struct SparseMatmul {
+    weight: ParamId,
+    input: Var,
+}
+
+/// `Y = W·X` for a dense `W`.
+#[derive(Debug)]
+pub(crate) struct DenseMatmul {
+    weight: ParamId,
+    input: Var,
+}
+
+/// `Y = X + b`, `b` an `n × 1` column added to every column of `X`.
+#[derive(Debug)]
+pub(crate) struct AddBias {
+    bias: ParamId,
+    input: Var,
+}
+
+impl Tape<'_> {
+    /// `weight · input`. A sparse weight runs the sparse kernels, a dense one sgemm.
+    pub fn matmul(&mut self, weight: ParamId, input: Var) -> Result<Var> {
+        let x = self.value(input);
+        let param = self.params().get(weight);
+        let (rows, cols) = param.value.shape();
+        if x.nrows() != cols {
+            return Err(Error::shape(
+                "matmul",
+                format!(
+                    "`{}` is {rows}×{cols} but its input has {} features (rows)",
+                    param.name,
+                    x.nrows()
+                ),
+            ));
+        }
+        let mut y = Array2::zeros((rows, x.ncols()));
+        let op = match &param.value {
+            ParamValue::Sparse(w) => {
+                spmm(w, x.view(), y.view_mut());
+                Op::SparseMatmul(SparseMatmul { weight, input })
+            }
+            ParamValue::Dense(w) => {
+                gemm(1.0, w.view(), x.view(), 0.0, y.view_mut());
+                Op::DenseMatmul(DenseMatmul { weight, input })
+            }
+        };
+        Ok(self.push_op(y, op, &[input], true))
+    }
+
+    /// `input + bias`, the `n × 1` bias broadcast over the batch.
+    pub fn add_bias(&mut self, bias: ParamId, input: Var) -> Result<Var> {
+        let param = self.params().get(bias);
+        let ParamValue::Dense(b) = &param.value else {
+            return Err(Error::shape(
+                "add_bias",
+                format!("bias `{}` must be dense", param.name),
+            ));
+        };
+        let x = self.value(input);
+        if b.dim() != (x.nrows(), 1) {
+            return Err(Error::shape(
+                "add_bias",
+                format!(
+                    "bias `{}` is {:?}, expected ({}, 1)",
+                    param.name,
+                    b.dim(),
+                    x.nrows()
+                ),
+            ));
+        }
+        // One pass, row by row: each row is contiguous and gets one scalar,
+        // which vectorises (a broadcasting `x + b` walks a stride-0 operand).
+        let mut values = Vec::with_capacity(x.len());
+        let x_rows = x
+            .as_slice()
+            .expect("tape values are contiguous")
+            .chunks_exact(x.ncols().max(1));
+        for (row, &b) in x_rows.zip(b.iter()) {
+            values.extend(row.iter().map(|&v| v + b));
+        }
+        let y = Array2::from_shape_vec(x.dim(), values).expect("same shape as x");
+        Ok(self.push_op(y, Op::AddBias(AddBias { bias, input }), &[input], true))
+    }
+}
+
+impl SparseMatmul {
+    /// `dW = dY·Xᵀ` at the stored entries (SDDMM), `dX = Wᵀ·dY`.
+    pub(crate) fn backward(&self, dy: &Array2<f32>, pass: &mut BackwardPass) {
+        let ParamValue::Sparse(w) = pass.param(self.weight) else {
+            unreachable!("SparseMatmul is only recorded for sparse weights")
+        };
+        let x = pass.value(self.input);
+        let mut dw = vec![0.0; w.nnz()];
+        sddmm(w, dy.view(), x.view(), &mut dw);
+        let dx = pass.needs_grad(self.input).then(|| {
+            let mut dx = Array2::zeros(x.dim());
+            spmm_transposed(w, dy.view(), dx.view_mut());
+            dx
+        });
+        if pass.wants_factors(self.weight) {
+            let factors = GradientFactors {
+                output_grad: dy.clone(),
+                input: x.clone(),
+            };
+            pass.keep_factors(self.weight, factors);
+        }
+        pass.accumulate_param(self.weight, ParamGrad::Sparse(dw));
+        if let Some(dx) = dx {
+            pass.accumulate(self.input, dx);
+        }
+    }
+}
+
+impl DenseMatmul {
+    /// `dW = dY·Xᵀ`, `dX = Wᵀ·dY`.
+    pub(crate) fn backward(&self, dy: &Array2<f32>, pass: &mut BackwardPass) {
+        let ParamValue::Dense(w) = pass.param(self.weight) else {
+            unreachable!("DenseMatmul is only recorded for dense weights")
+        };
+        let x = pass.value(self.input);
+        let mut dw = Array2::zeros(w.dim());
+        gemm(1.0, dy.view(), x.t(), 0.0, dw.view_mut());
+        let dx = pass.needs_grad(self.input).then(|| {
+            let mut dx = Array2::zeros(x.dim());
+            gemm(1.0, w.t(), dy.view(), 0.0, dx.view_mut());
+            dx
+        });
+        pass.accumulate_param(self.weight, ParamGrad::Dense(dw));
+        if let Some(dx) = dx {
+            pass.accumulate(self.input, dx);
+        }
+    }
+}
+
+impl AddBias {
+    /// `dX = dY`, `db = Σ_batch dY`.
+    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
+        let db = dy.sum_axis(Axis(1)).insert_axis(Axis(1));
+        pass.accumulate_param(self.bias, ParamGrad::Dense(db));
+        pass.accumulate(self.input, dy);
+    }
+}

@@ -1,0 +1,297 @@
+//! The tape: a `Vec` of nodes in the order they were computed, and one reverse loop.
+//!
+//! Each op appends a node holding its output value and an [`Op`] that records
+//! its inputs. [`Tape::backward`] walks the nodes from the last to the first;
+//! each node hands its output gradient to its op's `backward`, which adds
+//! (never assigns) gradients into the op's inputs and parameters. Because nodes
+//! are appended after their inputs, reverse order is a valid topological order:
+//! a node's gradient is complete when the loop reaches it.
+//!
+//! The tape borrows the [`ParamStore`] for its whole life: parameters cannot
+//! change under a forward pass, and the optimizer can only run once the tape is
+//! gone. Gradients live outside the tape, in [`Gradients`], keyed by parameter.
+
+use ndarray::Array2;
+
+use super::activation::Relu;
+use super::linear::{AddBias, DenseMatmul, SparseMatmul};
+use super::loss::SoftmaxCrossEntropy;
+use crate::error::{Error, Result};
+use crate::params::{ParamId, ParamStore, ParamValue};
+
+/// A value on the tape (an index into its nodes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Var(pub(crate) usize);
+
+/// The closed set of operations the tape can differentiate.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// A leaf: data fed in from outside.
+    Input,
+    SparseMatmul(SparseMatmul),
+    DenseMatmul(DenseMatmul),
+    AddBias(AddBias),
+    Relu(Relu),
+    SoftmaxCrossEntropy(SoftmaxCrossEntropy),
+}
+
+#[derive(Debug)]
+struct Node {
+    value: Array2<f32>,
+    op: Op,
+    /// False for data and everything computed from data alone: no gradient
+    /// flows into it, which saves e.g. `Wᵀ·dY` for the first layer.
+    requires_grad: bool,
+}
+
+/// Records a forward pass over the parameters of one [`ParamStore`].
+#[derive(Debug)]
+pub struct Tape<'p> {
+    params: &'p ParamStore,
+    nodes: Vec<Node>,
+    keep_factors: Vec<ParamId>,
+}
+
+/// The gradient of one parameter, aligned with [`ParamValue::values`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamGrad {
+    /// Gradient of a dense parameter, same shape.
+    Dense(Array2<f32>),
+    /// Gradient of a sparse parameter at its stored entries only.
+    Sparse(Vec<f32>),
+}
+
+impl ParamGrad {
+    /// The gradient as one slice, aligned with the parameter's values.
+    pub fn values(&self) -> &[f32] {
+        match self {
+            ParamGrad::Dense(a) => a.as_slice().expect("gradients are contiguous"),
+            ParamGrad::Sparse(v) => v,
+        }
+    }
+
+    fn add_assign(&mut self, other: ParamGrad) {
+        match (self, other) {
+            (ParamGrad::Dense(a), ParamGrad::Dense(b)) => *a += &b,
+            (ParamGrad::Sparse(a), ParamGrad::Sparse(b)) => {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+            }
+            _ => unreachable!("a parameter is either dense or sparse for the whole pass"),
+        }
+    }
+}
+
+/// The two factors of a sparse weight's *full* (dense) gradient
+/// `dW = output_grad · inputᵀ`, kept instead of the `rows × cols` product
+/// itself. Sparse momentum and RigL use them to score missing weights.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GradientFactors {
+    /// `dY`, `rows × batch`.
+    pub output_grad: Array2<f32>,
+    /// `X`, `cols × batch`.
+    pub input: Array2<f32>,
+}
+
+/// Everything [`Tape::backward`] computed.
+#[derive(Debug, Default)]
+pub struct Gradients {
+    params: Vec<Option<ParamGrad>>,
+    inputs: Vec<Option<Array2<f32>>>,
+    factors: Vec<Vec<GradientFactors>>,
+}
+
+impl Gradients {
+    /// The gradient of a parameter, or `None` if the loss does not depend on it.
+    pub fn param(&self, id: ParamId) -> Option<&ParamGrad> {
+        self.params.get(id.0).and_then(Option::as_ref)
+    }
+
+    /// The gradient of an input created with [`Tape::input_with_grad`].
+    pub fn input(&self, var: Var) -> Option<&Array2<f32>> {
+        self.inputs.get(var.0).and_then(Option::as_ref)
+    }
+
+    /// The dense-gradient factors of a sparse weight named in
+    /// [`Tape::keep_gradient_factors`] (one pair per use of the weight).
+    pub fn factors(&self, id: ParamId) -> &[GradientFactors] {
+        self.factors.get(id.0).map_or(&[], Vec::as_slice)
+    }
+
+    /// Moves the dense-gradient factors of `id` out (no copy).
+    pub fn take_factors(&mut self, id: ParamId) -> Vec<GradientFactors> {
+        self.factors
+            .get_mut(id.0)
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+}
+
+impl<'p> Tape<'p> {
+    /// An empty tape over `params`.
+    pub fn new(params: &'p ParamStore) -> Self {
+        Tape {
+            params,
+            nodes: Vec::new(),
+            keep_factors: Vec::new(),
+        }
+    }
+
+    /// Feeds in data that needs no gradient (a batch of inputs).
+    pub fn input(&mut self, value: Array2<f32>) -> Var {
+        self.push(value, Op::Input, false)
+    }
+
+    /// Feeds in a value whose gradient [`Gradients::input`] will report.
+    pub fn input_with_grad(&mut self, value: Array2<f32>) -> Var {
+        self.push(value, Op::Input, true)
+    }
+
+    /// Asks the backward pass to keep the [`GradientFactors`] of sparse weight `id`.
+    pub fn keep_gradient_factors(&mut self, id: ParamId) {
+        self.keep_factors.push(id);
+    }
+
+    /// The value of a node.
+    pub fn value(&self, var: Var) -> &Array2<f32> {
+        &self.nodes[var.0].value
+    }
+
+    /// Ends the tape, handing back the value of `var` (e.g. the input batch's
+    /// buffer, for reuse by the next batch).
+    pub fn into_value(mut self, var: Var) -> Array2<f32> {
+        std::mem::take(&mut self.nodes[var.0].value)
+    }
+
+    /// The parameters this tape reads.
+    pub fn params(&self) -> &'p ParamStore {
+        self.params
+    }
+
+    /// Appends a node whose gradient is needed if any of `inputs` needs one or
+    /// it reads a parameter (`uses_param`).
+    pub(crate) fn push_op(
+        &mut self,
+        value: Array2<f32>,
+        op: Op,
+        inputs: &[Var],
+        uses_param: bool,
+    ) -> Var {
+        let requires_grad = uses_param || inputs.iter().any(|v| self.nodes[v.0].requires_grad);
+        self.push(value, op, requires_grad)
+    }
+
+    fn push(&mut self, value: Array2<f32>, op: Op, requires_grad: bool) -> Var {
+        self.nodes.push(Node {
+            value,
+            op,
+            requires_grad,
+        });
+        Var(self.nodes.len() - 1)
+    }
+
+    /// Gradients of the scalar `loss` (a `1 × 1` value) with respect to every
+    /// parameter and gradient-requiring input it depends on.
+    pub fn backward(&self, loss: Var) -> Result<Gradients> {
+        let shape = self.value(loss).dim();
+        if shape != (1, 1) {
+            return Err(Error::shape(
+                "backward",
+                format!(
+                    "the loss must be a 1×1 scalar, got {shape:?} (pass a seed with backward_with_seed)"
+                ),
+            ));
+        }
+        self.backward_with_seed(loss, Array2::ones((1, 1)))
+    }
+
+    /// Vector–Jacobian product: gradients of `sum(seed ⊙ output)`.
+    pub fn backward_with_seed(&self, output: Var, seed: Array2<f32>) -> Result<Gradients> {
+        if seed.dim() != self.value(output).dim() {
+            return Err(Error::shape(
+                "backward_with_seed",
+                format!(
+                    "seed is {:?} but the output is {:?}",
+                    seed.dim(),
+                    self.value(output).dim()
+                ),
+            ));
+        }
+        let mut pass = BackwardPass {
+            tape: self,
+            node_grads: (0..self.nodes.len()).map(|_| None).collect(),
+            grads: Gradients {
+                params: vec![None; self.params.len()],
+                inputs: (0..self.nodes.len()).map(|_| None).collect(),
+                factors: vec![Vec::new(); self.params.len()],
+            },
+        };
+        pass.node_grads[output.0] = Some(seed);
+        for (i, node) in self.nodes.iter().enumerate().take(output.0 + 1).rev() {
+            let Some(grad) = pass.node_grads[i].take() else {
+                continue;
+            };
+            match &node.op {
+                Op::Input => pass.grads.inputs[i] = Some(grad),
+                Op::SparseMatmul(op) => op.backward(&grad, &mut pass),
+                Op::DenseMatmul(op) => op.backward(&grad, &mut pass),
+                Op::AddBias(op) => op.backward(grad, &mut pass),
+                Op::Relu(op) => op.backward(grad, &node.value, &mut pass),
+                Op::SoftmaxCrossEntropy(op) => op.backward(&grad, &mut pass),
+            }
+        }
+        Ok(pass.grads)
+    }
+}
+
+/// The state of one backward pass, handed to each op's `backward`.
+pub(crate) struct BackwardPass<'t, 'p> {
+    tape: &'t Tape<'p>,
+    node_grads: Vec<Option<Array2<f32>>>,
+    grads: Gradients,
+}
+
+impl BackwardPass<'_, '_> {
+    /// The forward value of a node.
+    pub(crate) fn value(&self, var: Var) -> &Array2<f32> {
+        self.tape.value(var)
+    }
+
+    /// The value of a parameter.
+    pub(crate) fn param(&self, id: ParamId) -> &ParamValue {
+        &self.tape.params.get(id).value
+    }
+
+    /// Whether `var` wants a gradient; ops skip computing ones nobody reads.
+    pub(crate) fn needs_grad(&self, var: Var) -> bool {
+        self.tape.nodes[var.0].requires_grad
+    }
+
+    /// Adds `grad` into `var`'s gradient (if `var` wants one).
+    pub(crate) fn accumulate(&mut self, var: Var, grad: Array2<f32>) {
+        if !self.needs_grad(var) {
+            return;
+        }
+        match &mut self.node_grads[var.0] {
+            Some(existing) => *existing += &grad,
+            slot @ None => *slot = Some(grad),
+        }
+    }
+
+    /// Adds `grad` into parameter `id`'s gradient.
+    pub(crate) fn accumulate_param(&mut self, id: ParamId, grad: ParamGrad) {
+        match &mut self.grads.params[id.0] {
+            Some(existing) => existing.add_assign(grad),
+            slot @ None => *slot = Some(grad),
+        }
+    }
+
+    /// Whether the factors of weight `id`'s dense gradient were asked for.
+    pub(crate) fn wants_factors(&self, id: ParamId) -> bool {
+        self.tape.keep_factors.contains(&id)
+    }
+
+    /// Keeps one pair of dense-gradient factors of weight `id`.
+    pub(crate) fn keep_factors(&mut self, id: ParamId, factors: GradientFactors) {
+        self.grads.factors[id.0].push(factors);
+    }
+}

@@ -1,0 +1,235 @@
+//! Timings for the CLI's `bench` command: epochs sparse vs dense, and kernel throughput.
+//!
+//! The machine this runs on may be shared and its speed drifts, so every
+//! comparison is made *within one run*, with the configurations interleaved
+//! (dense, 1 %, 2 %, 5 %, dense, 1 %, …), and reported as medians and ratios.
+
+use std::time::Instant;
+
+use ndarray::Array2;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+
+use crate::data::Dataset;
+use crate::dense::gemm;
+use crate::error::Result;
+use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
+use crate::train::{SparseSettings, TrainConfig, Trainer};
+
+/// Time per training epoch of one configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EpochTiming {
+    /// Density of the sparse layers, `None` for the dense model.
+    pub density: Option<f64>,
+    /// Every measured epoch, in seconds.
+    pub seconds: Vec<f64>,
+    /// Median of `seconds`.
+    pub median_seconds: f64,
+    /// Median over rounds of (dense epoch time / this epoch time), pairing
+    /// epochs measured next to each other; 1 for the dense model.
+    pub speedup_vs_dense: f64,
+}
+
+/// Times `rounds` training epochs of the dense model and of each density,
+/// interleaved. A measured epoch is everything training does in an epoch:
+/// batching, forward, backward, optimizer and — for sparse models — the
+/// dense-momentum window and the mask update at its end (evaluation excluded).
+pub fn time_epochs(
+    base: &TrainConfig,
+    train: &Dataset,
+    test: &Dataset,
+    densities: &[f64],
+    rounds: usize,
+) -> Result<Vec<EpochTiming>> {
+    let configs: Vec<Option<f64>> = std::iter::once(None)
+        .chain(densities.iter().map(|&d| Some(d)))
+        .collect();
+    let mut trainers = configs
+        .iter()
+        .map(|density| {
+            let config = TrainConfig {
+                // One epoch more than measured, so every measured epoch ends in a mask update.
+                epochs: rounds + 1,
+                sparse: density.map(|density| SparseSettings {
+                    density,
+                    ..base.sparse.unwrap_or_default()
+                }),
+                ..base.clone()
+            };
+            Trainer::new(config, train, test)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut seconds = vec![Vec::with_capacity(rounds); configs.len()];
+    for round in 1..=rounds {
+        for (trainer, times) in trainers.iter_mut().zip(&mut seconds) {
+            let start = Instant::now();
+            trainer.train_epoch_unevaluated(round, &mut ())?;
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let dense = seconds[0].clone();
+    Ok(configs
+        .into_iter()
+        .zip(seconds)
+        .map(|(density, times)| {
+            let ratios: Vec<f64> = dense.iter().zip(&times).map(|(d, t)| d / t).collect();
+            EpochTiming {
+                density,
+                median_seconds: median(&times),
+                speedup_vs_dense: median(&ratios),
+                seconds: times,
+            }
+        })
+        .collect())
+}
+
+/// Which of the three training kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kernel {
+    /// `Y = W·X`.
+    Forward,
+    /// `dX = Wᵀ·dY`.
+    InputGradient,
+    /// `dW = dY·Xᵀ` at the stored entries.
+    WeightGradient,
+}
+
+impl Kernel {
+    /// All three, in the order a training step runs them.
+    pub const ALL: [Kernel; 3] = [
+        Kernel::Forward,
+        Kernel::InputGradient,
+        Kernel::WeightGradient,
+    ];
+
+    /// A short name for tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Forward => "forward W·X",
+            Kernel::InputGradient => "input grad Wᵀ·dY",
+            Kernel::WeightGradient => "weight grad (SDDMM)",
+        }
+    }
+}
+
+/// Throughput of one sparse kernel against the dense product of the same shape.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct KernelTiming {
+    /// `(rows, cols)` of the weight.
+    pub shape: (usize, usize),
+    /// Batch size.
+    pub batch: usize,
+    /// Stored fraction of the weight.
+    pub density: f64,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// Median seconds per call of the sparse kernel.
+    pub sparse_seconds: f64,
+    /// Median seconds per call of the dense product (sgemm) of the same shape.
+    pub dense_seconds: f64,
+    /// Useful GFLOP/s of the sparse kernel: `2 · nnz · batch` per call.
+    pub sparse_gflops: f64,
+    /// GFLOP/s of the dense product: `2 · rows · cols · batch` per call.
+    pub dense_gflops: f64,
+    /// `dense_seconds / sparse_seconds`.
+    pub speedup: f64,
+}
+
+/// Times every kernel on every weight shape and density, sparse and dense
+/// calls interleaved, `samples` medians each.
+pub fn time_kernels(
+    shapes: &[(usize, usize)],
+    densities: &[f64],
+    batch: usize,
+    samples: usize,
+) -> Vec<KernelTiming> {
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut results = Vec::new();
+    for &(rows, cols) in shapes {
+        let x = Array2::from_shape_simple_fn((cols, batch), || rng.random_range(-1.0f32..1.0));
+        let dy = Array2::from_shape_simple_fn((rows, batch), || rng.random_range(-1.0f32..1.0));
+        let dense_w = Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0));
+        // Separate outputs for the sparse and the dense call, so both may write.
+        let (mut y, mut y_dense) = (Array2::zeros((rows, batch)), Array2::zeros((rows, batch)));
+        let (mut dx, mut dx_dense) = (Array2::zeros((cols, batch)), Array2::zeros((cols, batch)));
+        let mut dw_dense = Array2::zeros((rows, cols));
+        for &density in densities {
+            let nnz = ((rows * cols) as f64 * density).round() as usize;
+            let w =
+                SparseMatrix::random(rows, cols, nnz, &mut rng, |r| r.random_range(-1.0f32..1.0))
+                    .expect("nnz never exceeds rows · cols");
+            let mut grad = vec![0.0; w.nnz()];
+            for kernel in Kernel::ALL {
+                let (sparse_seconds, dense_seconds) = match kernel {
+                    Kernel::Forward => time_pair(
+                        samples,
+                        || spmm(&w, x.view(), y.view_mut()),
+                        || gemm(1.0, dense_w.view(), x.view(), 0.0, y_dense.view_mut()),
+                    ),
+                    Kernel::InputGradient => time_pair(
+                        samples,
+                        || spmm_transposed(&w, dy.view(), dx.view_mut()),
+                        || gemm(1.0, dense_w.t(), dy.view(), 0.0, dx_dense.view_mut()),
+                    ),
+                    Kernel::WeightGradient => time_pair(
+                        samples,
+                        || sddmm(&w, dy.view(), x.view(), &mut grad),
+                        || gemm(1.0, dy.view(), x.t(), 0.0, dw_dense.view_mut()),
+                    ),
+                };
+                let flops = |multiply_adds: usize| 2.0 * multiply_adds as f64 * batch as f64 / 1e9;
+                results.push(KernelTiming {
+                    shape: (rows, cols),
+                    batch,
+                    density,
+                    kernel,
+                    sparse_seconds,
+                    dense_seconds,
+                    sparse_gflops: flops(w.nnz()) / sparse_seconds,
+                    dense_gflops: flops(rows * cols) / dense_seconds,
+                    speedup: dense_seconds / sparse_seconds,
+                });
+            }
+        }
+    }
+    results
+}
+
+/// Median seconds per call of `a` and of `b`, measured alternately. Each
+/// sample repeats the call enough times to last about a millisecond, so that
+/// microsecond kernels are not lost in timer resolution.
+fn time_pair(samples: usize, mut a: impl FnMut(), mut b: impl FnMut()) -> (f64, f64) {
+    let reps_a = calls_per_millisecond(&mut a);
+    let reps_b = calls_per_millisecond(&mut b);
+    let (mut times_a, mut times_b) = (Vec::with_capacity(samples), Vec::with_capacity(samples));
+    for _ in 0..samples.max(1) {
+        times_a.push(time_calls(&mut a, reps_a));
+        times_b.push(time_calls(&mut b, reps_b));
+    }
+    (median(&times_a), median(&times_b))
+}
+
+fn calls_per_millisecond(f: &mut impl FnMut()) -> usize {
+    let once = time_calls(f, 1).max(1e-7);
+    ((1e-3 / once).ceil() as usize).clamp(1, 100_000)
+}
+
+/// Mean seconds per call over `reps` calls.
+fn time_calls(f: &mut impl FnMut(), reps: usize) -> f64 {
+    let start = Instant::now();
+    for _ in 0..reps {
+        f();
+    }
+    start.elapsed().as_secs_f64() / reps as f64
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}

@@ -1,0 +1,7 @@
+//! Sparse weights: the CSR matrix type and the kernels that train it.
+
+pub mod kernels;
+pub mod matrix;
+
+pub use kernels::{sddmm, spmm, spmm_transposed};
+pub use matrix::{SparseMatrix, TransposeIndex, ValueOrigins};

@@ -1,0 +1,38 @@
+//! Sparse learning: pruning, redistributing and regrowing weights during training.
+//!
+//! At each mask update (by default at the end of every epoch):
+//!
+//! 1. **Statistics**: every sparse layer gets a score from the
+//!    [`Redistribution`] rule (sparse momentum: mean `|momentum|` of its
+//!    weights), normalised to shares that sum to 1.
+//! 2. **Prune**: each layer loses `ceil(p · nnz)` weights chosen by the
+//!    [`PruneRule`] (smallest `|w|`); `p` follows a [`PruneRateSchedule`].
+//! 3. **Redistribute**: the `R` removed weights are shared out by score, each
+//!    layer capped at its free positions, what the caps cut off handed on to
+//!    layers with room ([`apportion`]). The total is conserved *exactly*.
+//! 4. **Grow**: each layer fills its share with positions chosen by the
+//!    [`GrowthRule`] (largest momentum of missing weights); new weights start at 0.
+//! 5. **Rebuild** each CSR matrix and remap its momentum buffer.
+//!
+//! The controller is [`SparseLearning`]; a method is a [`Rules`] value.
+
+pub mod apportion;
+pub mod controller;
+pub mod distribution;
+pub mod grow;
+pub mod prune;
+pub mod redistribute;
+pub mod rules;
+pub mod schedule;
+mod window;
+
+pub use apportion::apportion;
+pub use controller::{
+    LayerUpdate, MaskUpdate, Rules, RunLength, SparseLearning, SparseLearningConfig,
+};
+pub use distribution::{check_density, uniform_counts};
+pub use grow::MomentumGrowth;
+pub use prune::MagnitudePrune;
+pub use redistribute::MomentumRedistribution;
+pub use rules::{GrowthRule, LayerView, MomentumWindow, PruneRule, Redistribution, Vacancies};
+pub use schedule::{PruneRateSchedule, UpdateSchedule};

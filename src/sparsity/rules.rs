@@ -1,0 +1,144 @@
+//! The three decisions of a mask update, as traits.
+//!
+//! A sparse-learning method is a choice of one rule per decision:
+//!
+//! | decision | trait | sparse momentum |
+//! |---|---|---|
+//! | which weights die | [`PruneRule`] | smallest magnitude ([`super::MagnitudePrune`]) |
+//! | how many each layer regrows | [`Redistribution`] | mean momentum ([`super::MomentumRedistribution`]) |
+//! | where they regrow | [`GrowthRule`] | largest momentum ([`super::MomentumGrowth`]) |
+//!
+//! A new rule is a struct and one method; see `examples/custom_growth_rule.rs`.
+
+use ndarray::ArrayView2;
+use rand::rngs::ChaCha8Rng;
+
+use crate::sparse::SparseMatrix;
+
+/// What a rule may look at for one sparse layer.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerView<'a> {
+    /// The parameter's name, e.g. `fc1.weight`.
+    pub name: &'a str,
+    /// The layer's weights.
+    pub weights: &'a SparseMatrix,
+    /// The optimizer's momentum of each stored weight, aligned with `weights.values()`.
+    pub momentum: &'a [f32],
+    /// The momentum of *every* position, stored or missing (`rows × cols`), if
+    /// the growth rule asked for it (see [`GrowthRule::momentum_window`]).
+    pub dense_momentum: Option<ArrayView2<'a, f32>>,
+}
+
+/// The positions of a layer that are free for growth: missing before the
+/// update, or just pruned.
+#[derive(Debug, Clone, Copy)]
+pub struct Vacancies<'a> {
+    weights: &'a SparseMatrix,
+    removed: &'a [bool],
+}
+
+impl<'a> Vacancies<'a> {
+    /// The vacancies of `weights` once the entries flagged in `removed`
+    /// (aligned with the values) are gone.
+    pub fn new(weights: &'a SparseMatrix, removed: &'a [bool]) -> Self {
+        assert_eq!(
+            removed.len(),
+            weights.nnz(),
+            "one removal flag per stored entry"
+        );
+        Vacancies { weights, removed }
+    }
+
+    /// How many positions are free.
+    pub fn count(&self) -> usize {
+        let (rows, cols) = self.weights.shape();
+        rows * cols - self.weights.nnz() + self.removed.iter().filter(|&&r| r).count()
+    }
+
+    /// Whether `(row, col)` is free.
+    pub fn is_free(&self, row: usize, col: usize) -> bool {
+        let (cols, _) = self.weights.row(row);
+        match cols.binary_search(&col) {
+            Ok(i) => self.removed[self.weights.indptr()[row] + i],
+            Err(_) => true,
+        }
+    }
+
+    /// Calls `f(row, col)` for every free position, row by row, columns ascending.
+    pub fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+        let (rows, cols) = self.weights.shape();
+        for r in 0..rows {
+            let first = self.weights.indptr()[r];
+            let (stored, _) = self.weights.row(r);
+            let mut next = stored.iter().enumerate().peekable();
+            for c in 0..cols {
+                match next.peek() {
+                    Some(&(i, &sc)) if sc == c => {
+                        next.next();
+                        if self.removed[first + i] {
+                            f(r, c);
+                        }
+                    }
+                    _ => f(r, c),
+                }
+            }
+        }
+    }
+}
+
+/// Chooses which stored weights of a layer to remove.
+pub trait PruneRule: Send + Sync {
+    /// Exactly `count` distinct value positions (indices into
+    /// `layer.weights.values()`); `count` never exceeds the layer's nnz.
+    fn select(&self, layer: &LayerView, count: usize) -> Vec<usize>;
+}
+
+/// Scores layers; each regrows a share of the pruned weights proportional to its score.
+pub trait Redistribution: Send + Sync {
+    /// A non-negative score; a layer with no stored weights may score 0.
+    fn score(&self, layer: &LayerView) -> f64;
+}
+
+/// How much history of missing weights' gradients a growth rule needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MomentumWindow {
+    /// Accumulate the dense momentum over the last `steps` steps before each update.
+    LastSteps(usize),
+    /// Keep the dense momentum of every position at every step (slow, exact).
+    EveryStep,
+}
+
+/// Chooses where a layer regrows weights.
+pub trait GrowthRule: Send + Sync {
+    /// The dense momentum this rule reads from [`LayerView::dense_momentum`],
+    /// or `None` if it needs none.
+    fn momentum_window(&self) -> Option<MomentumWindow>;
+
+    /// Exactly `count` distinct free positions `(row, col)`; `count` never
+    /// exceeds `vacancies.count()`.
+    fn select(
+        &self,
+        layer: &LayerView,
+        vacancies: &Vacancies,
+        count: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, usize)>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn vacancies_are_missing_or_removed_positions() {
+        let w = SparseMatrix::from_dense(array![[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]].view());
+        let removed = [false, true, false];
+        let v = Vacancies::new(&w, &removed);
+        let mut free = Vec::new();
+        v.for_each(|r, c| free.push((r, c)));
+        assert_eq!(free, vec![(0, 1), (0, 2), (1, 0), (1, 2)]);
+        assert_eq!(v.count(), 4);
+        assert!(v.is_free(0, 2) && !v.is_free(0, 0) && !v.is_free(1, 1));
+    }
+}

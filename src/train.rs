@@ -1,0 +1,627 @@
+//! The training loop: batches, forward, backward, optimizer, mask updates, evaluation.
+//!
+//! [`Trainer`] owns the model, its parameters, the optimizer settings and the
+//! sparse-learning controller. It reports through an [`Observer`] and never
+//! prints: the CLI decides what to show.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::Axis;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rayon::{ThreadPool, ThreadPoolBuilder};
+
+use crate::autograd::{Gradients, Tape};
+use crate::data::{Batch, Dataset, Splits, epoch_order};
+use crate::error::{Error, Result};
+use crate::nn::{LENET_300_100, Mlp, Model, WeightInit, WeightKind};
+use crate::optim::{Sgd, StepLr};
+use crate::params::{ParamStore, ParamValue};
+use crate::sparsity::{
+    MaskUpdate, MomentumGrowth, MomentumWindow, Rules, RunLength, SparseLearning,
+    SparseLearningConfig, check_density, uniform_counts,
+};
+
+/// Everything that defines a training run. [`Default`] is the reference
+/// library's MNIST setup: LeNet-300-100 at 5 % density, 100 epochs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// Layer widths, input first (`[784, 300, 100, 10]`).
+    pub widths: Vec<usize>,
+    /// Passes over the training set.
+    pub epochs: usize,
+    /// Samples per optimizer step.
+    pub batch_size: usize,
+    /// Initial learning rate.
+    pub lr: f32,
+    /// SGD momentum β.
+    pub momentum: f32,
+    /// Nesterov momentum.
+    pub nesterov: bool,
+    /// L2 weight decay.
+    pub weight_decay: f32,
+    /// The learning rate is multiplied by `lr_decay_factor` every `lr_decay_steps` steps.
+    pub lr_decay_steps: usize,
+    /// See `lr_decay_steps`.
+    pub lr_decay_factor: f32,
+    /// Seeds initialisation, shuffling and randomised rules.
+    pub seed: u64,
+    /// Fraction of the training file held out for validation (its tail).
+    pub validation_fraction: f64,
+    /// Train on only the first this-many training samples (quick runs, tests).
+    pub train_samples: Option<usize>,
+    /// Sparse training settings; `None` trains every weight dense.
+    pub sparse: Option<SparseSettings>,
+    /// Scale of the initial weights.
+    pub init: WeightInit,
+    /// Worker threads; `None` uses one per core. Results do not depend on it.
+    pub threads: Option<usize>,
+}
+
+/// How a sparse run is sparse.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SparseSettings {
+    /// Overall fraction of weights kept, in (0, 1].
+    pub density: f64,
+    /// Prune rate, its schedule, update interval.
+    pub learning: SparseLearningConfig,
+    /// Dense-momentum history for growth; `None` picks the shortest window over
+    /// which the optimizer's momentum forgets all but 1 % (44 steps at β = 0.9).
+    pub window: Option<MomentumWindow>,
+    /// `false` keeps the initial masks for the whole run (static sparse training).
+    pub update_masks: bool,
+}
+
+impl Default for SparseSettings {
+    fn default() -> Self {
+        SparseSettings {
+            density: 0.05,
+            learning: SparseLearningConfig::default(),
+            window: None,
+            update_masks: true,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            widths: LENET_300_100.to_vec(),
+            epochs: 100,
+            batch_size: 100,
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: true,
+            weight_decay: 5e-4,
+            lr_decay_steps: 25_000,
+            lr_decay_factor: 0.1,
+            seed: 17,
+            validation_fraction: 0.1,
+            train_samples: None,
+            sparse: Some(SparseSettings::default()),
+            init: WeightInit::default(),
+            threads: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every setting, so a bad one fails before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::config("epochs", "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(Error::config("batch-size", "must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config(
+                "lr",
+                format!("{} is not a positive number", self.lr),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.momentum) {
+            return Err(Error::config(
+                "momentum",
+                format!("{} is not in [0, 1)", self.momentum),
+            ));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config(
+                "weight-decay",
+                format!("{} is negative", self.weight_decay),
+            ));
+        }
+        if !(0.0..1.0).contains(&self.validation_fraction) {
+            return Err(Error::config(
+                "validation-fraction",
+                format!("{} is not in [0, 1)", self.validation_fraction),
+            ));
+        }
+        if let Some(sparse) = &self.sparse {
+            check_density(sparse.density)?;
+        }
+        if self.threads == Some(0) {
+            return Err(Error::config("threads", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// Progress within an epoch, reported after every step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepProgress {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// 1-based step within the epoch.
+    pub step: usize,
+    /// Steps in this epoch.
+    pub steps_in_epoch: usize,
+    /// This step's loss.
+    pub loss: f32,
+}
+
+/// Accuracy and loss on one dataset.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// Fraction classified correctly.
+    pub accuracy: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+/// What one epoch did.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EpochStats {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Training accuracy over the epoch (on the fly, as the weights changed).
+    pub train_accuracy: f64,
+    /// Accuracy on the held-out validation split, if there is one.
+    pub validation_accuracy: Option<f64>,
+    /// Accuracy on the test set.
+    pub test_accuracy: f64,
+    /// Stored weights over all weights of the sparse layers (1 for a dense run).
+    pub density: f64,
+    /// Training samples per second (training steps and mask updates only).
+    pub samples_per_second: f64,
+    /// Seconds of training and mask updates (evaluation excluded).
+    pub seconds: f64,
+    /// The mask updates of this epoch (by default one, at its end, after evaluation).
+    pub mask_updates: Vec<MaskUpdate>,
+}
+
+/// A weight matrix's size and how much of it is stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerInfo {
+    /// Parameter name.
+    pub name: String,
+    /// `(rows, cols)`.
+    pub shape: (usize, usize),
+    /// Stored weights.
+    pub nnz: usize,
+    /// Whether the weight is stored sparse.
+    pub sparse: bool,
+}
+
+/// The outcome of a whole run.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrainSummary {
+    /// Final test accuracy.
+    pub test_accuracy: f64,
+    /// `1 − test_accuracy`.
+    pub test_error: f64,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Wall time of the whole run, evaluation included.
+    pub seconds: f64,
+    /// Final density of the sparse layers.
+    pub density: f64,
+    /// Every weight matrix at the end.
+    pub layers: Vec<LayerInfo>,
+}
+
+/// Receives progress reports; every method does nothing by default.
+pub trait Observer {
+    /// After every optimizer step.
+    fn on_step(&mut self, _progress: &StepProgress) {}
+    /// After every mask update.
+    fn on_mask_update(&mut self, _update: &MaskUpdate) {}
+    /// After every epoch, evaluation included.
+    fn on_epoch(&mut self, _stats: &EpochStats) {}
+}
+
+/// An observer that ignores everything.
+impl Observer for () {}
+
+/// A model, its parameters, and the machinery to train it.
+///
+/// A trainer runs its work in its own rayon thread pool, with the training
+/// loop itself on one of the pool's threads: on a small machine a loop
+/// outside the pool competes for cores with pool threads spinning between
+/// kernels, which measured 2× slower at 2 % density.
+pub struct Trainer {
+    pool: Arc<ThreadPool>,
+    config: TrainConfig,
+    data: Splits,
+    store: ParamStore,
+    model: Mlp,
+    sgd: Sgd,
+    schedule: StepLr,
+    sparse: Option<SparseLearning>,
+    steps_done: usize,
+}
+
+impl Trainer {
+    /// Splits off the validation set, builds the model (sparse layers drawn
+    /// directly in CSR form) and the optimizer.
+    pub fn new(config: TrainConfig, train: &Dataset, test: &Dataset) -> Result<Trainer> {
+        config.validate()?;
+        let mut data = Splits::new(train, test, config.validation_fraction)?;
+        if let Some(n) = config.train_samples {
+            data.train = data.train.take(n);
+        }
+        if data.train.is_empty() {
+            return Err(Error::config("train-samples", "the training set is empty"));
+        }
+        let (first, last) = (config.widths[0], *config.widths.last().unwrap_or(&0));
+        if first != data.train.num_features() || last != data.train.num_classes() {
+            return Err(Error::shape(
+                "Trainer::new",
+                format!(
+                    "the model maps {first} inputs to {last} classes, the data has {} features and {} classes",
+                    data.train.num_features(),
+                    data.train.num_classes()
+                ),
+            ));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+        let shapes: Vec<(usize, usize)> = config.widths.windows(2).map(|w| (w[1], w[0])).collect();
+        let kinds: Vec<WeightKind> = match &config.sparse {
+            None => vec![WeightKind::Dense; shapes.len()],
+            Some(s) => uniform_counts(&shapes, s.density)?
+                .into_iter()
+                .map(|nnz| WeightKind::Sparse { nnz })
+                .collect(),
+        };
+        let mut store = ParamStore::new();
+        let model = Mlp::new(&mut store, &config.widths, &kinds, config.init, &mut rng)?;
+
+        let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
+        let length = RunLength {
+            steps_per_epoch,
+            total_steps: steps_per_epoch * config.epochs,
+        };
+        let sparse = match &config.sparse {
+            Some(s) if s.update_masks => {
+                let window = s.window.unwrap_or(MomentumWindow::LastSteps(
+                    MomentumGrowth::default_window_steps(config.momentum),
+                ));
+                Some(SparseLearning::new(
+                    &store,
+                    store.sparse_ids(),
+                    Rules::sparse_momentum(window),
+                    s.learning,
+                    length,
+                    config.momentum,
+                    config.seed,
+                )?)
+            }
+            _ => None,
+        };
+        let pool = ThreadPoolBuilder::new()
+            .num_threads(config.threads.unwrap_or(0))
+            .build()
+            .map_err(|e| Error::config("threads", format!("cannot start the thread pool: {e}")))?;
+        Ok(Trainer {
+            pool: Arc::new(pool),
+            sgd: Sgd {
+                momentum: config.momentum,
+                nesterov: config.nesterov,
+                weight_decay: config.weight_decay,
+            },
+            schedule: StepLr {
+                initial: config.lr,
+                gamma: config.lr_decay_factor,
+                step_size: config.lr_decay_steps,
+            },
+            config,
+            data,
+            store,
+            model,
+            sparse,
+            steps_done: 0,
+        })
+    }
+
+    /// Trains for the configured epochs, evaluating after each, and returns the final test result.
+    pub fn run(&mut self, observer: &mut (impl Observer + Send)) -> Result<TrainSummary> {
+        let start = Instant::now();
+        let mut test_accuracy = 0.0;
+        for epoch in 1..=self.config.epochs {
+            let stats = self.train_epoch(epoch, observer)?;
+            test_accuracy = stats.test_accuracy;
+            observer.on_epoch(&stats);
+        }
+        Ok(TrainSummary {
+            test_accuracy,
+            test_error: 1.0 - test_accuracy,
+            epochs: self.config.epochs,
+            seconds: start.elapsed().as_secs_f64(),
+            density: self.density(),
+            layers: self.layers(),
+        })
+    }
+
+    /// One epoch: training steps, evaluation on the validation and test sets,
+    /// then the mask update that ends the epoch (if one is due).
+    ///
+    /// Evaluating *before* the epoch-end update, as the reference library does,
+    /// reports the network that was trained; right after an update its new
+    /// weights are still zero.
+    pub fn train_epoch(
+        &mut self,
+        epoch: usize,
+        observer: &mut (impl Observer + Send),
+    ) -> Result<EpochStats> {
+        let pool = Arc::clone(&self.pool);
+        pool.install(|| {
+            let start = Instant::now();
+            let mut pass = self.train_steps(epoch, observer)?;
+            let mut seconds = start.elapsed().as_secs_f64();
+            let validation_accuracy = if self.data.validation.is_empty() {
+                None
+            } else {
+                Some(self.evaluate(&self.data.validation)?.accuracy)
+            };
+            let test_accuracy = self.evaluate(&self.data.test)?.accuracy;
+            let update_start = Instant::now();
+            self.finish_pass(&mut pass, observer)?;
+            seconds += update_start.elapsed().as_secs_f64();
+            Ok(EpochStats {
+                epoch,
+                train_loss: pass.mean_loss(),
+                train_accuracy: pass.accuracy(),
+                validation_accuracy,
+                test_accuracy,
+                density: self.density(),
+                samples_per_second: pass.samples as f64 / seconds,
+                seconds,
+                mask_updates: pass.mask_updates,
+            })
+        })
+    }
+
+    /// One epoch without evaluation: what a benchmark of training times.
+    pub fn train_epoch_unevaluated(
+        &mut self,
+        epoch: usize,
+        observer: &mut (impl Observer + Send),
+    ) -> Result<()> {
+        let pool = Arc::clone(&self.pool);
+        pool.install(|| {
+            let mut pass = self.train_steps(epoch, observer)?;
+            self.finish_pass(&mut pass, observer)
+        })
+    }
+
+    /// Applies the mask update due after the pass's last step, if any.
+    fn finish_pass(&mut self, pass: &mut Pass, observer: &mut impl Observer) -> Result<()> {
+        if pass.update_pending
+            && let Some(sparse) = &mut self.sparse
+        {
+            let update = sparse.update_masks(&mut self.store, self.steps_done)?;
+            observer.on_mask_update(&update);
+            pass.mask_updates.push(update);
+            pass.update_pending = false;
+        }
+        Ok(())
+    }
+
+    /// One pass over the training set, in the trainer's pool. Mask updates due
+    /// inside the pass happen at once; one due after its last step is left
+    /// pending for [`Trainer::finish_pass`].
+    fn train_steps(&mut self, epoch: usize, observer: &mut impl Observer) -> Result<Pass> {
+        let order = epoch_order(self.data.train.len(), self.config.seed, epoch);
+        let batches: Vec<&[usize]> = order.chunks(self.config.batch_size).collect();
+        let (mut batch, mut next) = (Batch::default(), Batch::default());
+        self.data.train.gather_batch(batches[0], &mut batch);
+        let mut pass = Pass {
+            samples: order.len(),
+            ..Pass::default()
+        };
+        for i in 0..batches.len() {
+            // Copy the next batch out while this one trains: the copy is a
+            // transposition that would otherwise sit on the critical path.
+            let (result, ()) = rayon::join(
+                || self.forward_backward(&mut batch),
+                || {
+                    if let Some(indices) = batches.get(i + 1) {
+                        self.data.train.gather_batch(indices, &mut next);
+                    }
+                },
+            );
+            std::mem::swap(&mut batch, &mut next);
+            let (loss, hits, mut grads) = result?;
+            if !loss.is_finite() {
+                return Err(Error::NonFiniteLoss {
+                    value: loss,
+                    epoch,
+                    step: i + 1,
+                });
+            }
+            let step = self.steps_done;
+            self.sgd
+                .step(&mut self.store, &grads, self.schedule.lr(step))?;
+            self.steps_done += 1;
+            if let Some(sparse) = &mut self.sparse {
+                sparse.observe(&self.store, &mut grads, step);
+                if sparse.updates_after(step) {
+                    if i + 1 < batches.len() {
+                        let update = sparse.update_masks(&mut self.store, self.steps_done)?;
+                        observer.on_mask_update(&update);
+                        pass.mask_updates.push(update);
+                    } else {
+                        pass.update_pending = true;
+                    }
+                }
+            }
+            pass.loss_sum += loss as f64;
+            pass.correct += hits;
+            pass.steps += 1;
+            observer.on_step(&StepProgress {
+                epoch,
+                step: i + 1,
+                steps_in_epoch: batches.len(),
+                loss,
+            });
+        }
+        Ok(pass)
+    }
+
+    /// The loss, the number of correct predictions, and the gradients of one
+    /// batch. The batch's inputs move onto the tape and back (no copy).
+    fn forward_backward(&self, batch: &mut Batch) -> Result<(f32, usize, Gradients)> {
+        let mut tape = Tape::new(&self.store);
+        if let Some(sparse) = &self.sparse {
+            sparse.prepare(&mut tape, self.steps_done);
+        }
+        let x = tape.input(std::mem::take(&mut batch.inputs));
+        let logits = self.model.forward(&mut tape, x)?;
+        let hits = count_correct(tape.value(logits), &batch.labels);
+        let loss_var = tape.softmax_cross_entropy(logits, &batch.labels)?;
+        let grads = tape.backward(loss_var)?;
+        let loss = tape.value(loss_var)[(0, 0)];
+        batch.inputs = tape.into_value(x);
+        Ok((loss, hits, grads))
+    }
+
+    /// Accuracy and mean loss of the current model on `data`.
+    pub fn evaluate(&self, data: &Dataset) -> Result<Evaluation> {
+        self.pool.install(|| self.evaluate_in_pool(data))
+    }
+
+    fn evaluate_in_pool(&self, data: &Dataset) -> Result<Evaluation> {
+        const EVAL_BATCH: usize = 1000;
+        let order: Vec<usize> = (0..data.len()).collect();
+        let mut batch = Batch::default();
+        let (mut correct, mut loss_sum) = (0usize, 0.0f64);
+        for indices in order.chunks(EVAL_BATCH) {
+            data.gather_batch(indices, &mut batch);
+            let mut tape = Tape::new(&self.store);
+            let x = tape.input(std::mem::take(&mut batch.inputs));
+            let logits = self.model.forward(&mut tape, x)?;
+            correct += count_correct(tape.value(logits), &batch.labels);
+            let loss = tape.softmax_cross_entropy(logits, &batch.labels)?;
+            loss_sum += tape.value(loss)[(0, 0)] as f64 * indices.len() as f64;
+            batch.inputs = tape.into_value(x);
+        }
+        let samples = data.len().max(1);
+        Ok(Evaluation {
+            accuracy: correct as f64 / samples as f64,
+            loss: loss_sum / samples as f64,
+            samples: data.len(),
+        })
+    }
+
+    /// Stored over total weights of the sparse layers; 1 for a dense model.
+    pub fn density(&self) -> f64 {
+        let (stored, total) = self
+            .layers()
+            .iter()
+            .filter(|l| l.sparse)
+            .fold((0, 0), |(s, t), l| (s + l.nnz, t + l.shape.0 * l.shape.1));
+        if total == 0 {
+            1.0
+        } else {
+            stored as f64 / total as f64
+        }
+    }
+
+    /// Every weight matrix (biases left out): name, shape, stored entries.
+    pub fn layers(&self) -> Vec<LayerInfo> {
+        self.model
+            .layers()
+            .iter()
+            .map(|layer| {
+                let param = self.store.get(layer.weight);
+                LayerInfo {
+                    name: param.name.clone(),
+                    shape: param.value.shape(),
+                    nnz: param.value.values().len(),
+                    sparse: matches!(param.value, ParamValue::Sparse(_)),
+                }
+            })
+            .collect()
+    }
+
+    /// Threads in the trainer's pool.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &ParamStore {
+        &self.store
+    }
+
+    /// The configuration this trainer runs.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Optimizer steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.steps_done
+    }
+
+    /// The data splits.
+    pub fn data(&self) -> &Splits {
+        &self.data
+    }
+}
+
+/// What one pass over the training set accumulated.
+#[derive(Debug, Default)]
+struct Pass {
+    samples: usize,
+    steps: usize,
+    loss_sum: f64,
+    correct: usize,
+    mask_updates: Vec<MaskUpdate>,
+    /// A mask update is due after the pass's last step.
+    update_pending: bool,
+}
+
+impl Pass {
+    fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.steps.max(1) as f64
+    }
+
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.samples.max(1) as f64
+    }
+}
+
+/// How many columns of `logits` have their maximum at the label.
+fn count_correct(logits: &ndarray::Array2<f32>, labels: &[usize]) -> usize {
+    logits
+        .axis_iter(Axis(1))
+        .zip(labels)
+        .filter(|(column, label)| {
+            let best =
+                column
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                        if v > bv { (i, v) } else { (bi, bv) }
+                    });
+            best.0 == **label
+        })
+        .count()
+}

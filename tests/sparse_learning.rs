@@ -1,0 +1,379 @@
+//! Sparse learning: invariants after every mask update, growth by windowed
+//! momentum against the exact dense-momentum reference, exact apportionment,
+//! and configuration errors.
+
+use ndarray::Array2;
+use proptest::prelude::*;
+use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
+use sparsetrain::prelude::*;
+use sparsetrain::sparsity::{
+    GrowthRule, LayerView, MagnitudePrune, MaskUpdate, MomentumRedistribution, MomentumWindow,
+    RunLength, Vacancies, apportion,
+};
+
+const WIDTHS: [usize; 4] = [20, 16, 12, 4];
+const BATCH: usize = 32;
+
+/// A small sparse MLP (30 % of each weight matrix) and its parameters.
+fn small_mlp(seed: u64) -> (ParamStore, Mlp) {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut store = ParamStore::new();
+    let kinds: Vec<WeightKind> = WIDTHS
+        .windows(2)
+        .map(|w| WeightKind::Sparse {
+            nnz: (w[0] * w[1]) * 3 / 10,
+        })
+        .collect();
+    let mlp = Mlp::new(
+        &mut store,
+        &WIDTHS,
+        &kinds,
+        WeightInit::SparseFanIn,
+        &mut rng,
+    )
+    .unwrap();
+    (store, mlp)
+}
+
+/// A random batch of step `step` (the same for every caller).
+fn batch(step: usize) -> (Array2<f32>, Vec<usize>) {
+    let mut rng = ChaCha8Rng::seed_from_u64(1000 + step as u64);
+    let x = Array2::from_shape_simple_fn((WIDTHS[0], BATCH), || rng.random_range(-1.0f32..1.0));
+    // Labels depend on the input, so there is something to learn.
+    let labels = (0..BATCH)
+        .map(|j| if x[(0, j)] > 0.0 { 1 } else { (j % 2) * 2 })
+        .collect();
+    (x, labels)
+}
+
+/// One SGD step with the controller observing; true if a mask update is due.
+fn sgd_step(
+    store: &mut ParamStore,
+    mlp: &Mlp,
+    controller: &mut SparseLearning,
+    step: usize,
+) -> bool {
+    let (x, labels) = batch(step);
+    let mut grads = {
+        let mut tape = Tape::new(store);
+        controller.prepare(&mut tape, step);
+        let x = tape.input(x);
+        let logits = mlp.forward(&mut tape, x).unwrap();
+        let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
+        tape.backward(loss).unwrap()
+    };
+    let sgd = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+    };
+    sgd.step(store, &grads, 0.05).unwrap();
+    controller.observe(store, &mut grads, step);
+    controller.updates_after(step)
+}
+
+/// [`sgd_step`], then the mask update if one is due.
+fn train_step(
+    store: &mut ParamStore,
+    mlp: &Mlp,
+    controller: &mut SparseLearning,
+    step: usize,
+) -> Option<MaskUpdate> {
+    sgd_step(store, mlp, controller, step)
+        .then(|| controller.update_masks(store, step + 1).unwrap())
+}
+
+fn controller(store: &ParamStore, rules: Rules, length: RunLength) -> SparseLearning {
+    SparseLearning::new(
+        store,
+        store.sparse_ids(),
+        rules,
+        SparseLearningConfig::default(),
+        length,
+        0.9,
+        7,
+    )
+    .unwrap()
+}
+
+fn structure(store: &ParamStore) -> Vec<(Vec<usize>, Vec<usize>)> {
+    store
+        .sparse_ids()
+        .into_iter()
+        .map(|id| {
+            let w = store.get(id).value.as_sparse().unwrap();
+            (w.indptr().to_vec(), w.indices().to_vec())
+        })
+        .collect()
+}
+
+#[test]
+fn every_update_keeps_the_invariants() {
+    let (mut store, mlp) = small_mlp(1);
+    let length = RunLength {
+        steps_per_epoch: 20,
+        total_steps: 200,
+    };
+    let mut controller = controller(
+        &store,
+        Rules::sparse_momentum(MomentumWindow::LastSteps(10)),
+        length,
+    );
+    let total_nnz = |s: &ParamStore| {
+        s.sparse_ids()
+            .iter()
+            .map(|&id| s.get(id).value.values().len())
+            .sum::<usize>()
+    };
+    let initial_total = total_nnz(&store);
+    let mut updates = 0;
+    for step in 0..length.total_steps {
+        if !sgd_step(&mut store, &mlp, &mut controller, step) {
+            continue;
+        }
+        let before = store.clone();
+        let update = controller.update_masks(&mut store, step + 1).unwrap();
+        updates += 1;
+        assert_eq!(
+            total_nnz(&store),
+            initial_total,
+            "total nnz is conserved exactly"
+        );
+        let shares: f64 = update.layers.iter().map(|l| l.share).sum();
+        assert!((shares - 1.0).abs() < 1e-9, "shares sum to 1, got {shares}");
+        for (layer, id) in update.layers.iter().zip(store.sparse_ids()) {
+            let param = store.get(id);
+            let w = param.value.as_sparse().unwrap();
+            // A valid CSR (sorted, unique, in range) by sprs' own checks.
+            SparseMatrix::try_from_csr(
+                w.rows(),
+                w.cols(),
+                w.indptr().to_vec(),
+                w.indices().to_vec(),
+                w.values().to_vec(),
+            )
+            .expect("the rebuilt matrix is valid CSR");
+            assert_eq!(
+                w.nnz(),
+                layer.nnz_before - layer.removed + layer.regrown,
+                "{}: planned count",
+                layer.name
+            );
+            assert_eq!(w.nnz(), layer.nnz_after);
+            assert_eq!(
+                param.momentum.len(),
+                w.nnz(),
+                "{}: momentum stays aligned",
+                layer.name
+            );
+            // Surviving weights keep their values; new ones (including a
+            // pruned position grown back) start at exactly zero.
+            let old = before.get(id).value.as_sparse().unwrap();
+            for r in 0..w.rows() {
+                let (old_cols, old_values) = old.row(r);
+                for (c, &v) in w.row(r).0.iter().zip(w.row(r).1) {
+                    match old_cols.binary_search(c) {
+                        Ok(i) if v != 0.0 => {
+                            assert_eq!(v, old_values[i], "{}: ({r}, {c}) changed", layer.name)
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            assert_eq!(v, 0.0, "{}: grown ({r}, {c}) is not zero", layer.name)
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(
+        updates, 9,
+        "an update at the end of every epoch but the last"
+    );
+}
+
+#[test]
+fn windowed_growth_matches_exact_dense_momentum() {
+    // Two identical runs, one keeping the dense momentum of every position at
+    // every step (the reference), one only over the last 100 steps before the
+    // update (0.9¹⁰⁰ ≈ 3·10⁻⁵). They must regrow the same positions.
+    let length = RunLength {
+        steps_per_epoch: 150,
+        total_steps: 300,
+    };
+    let (mut exact_store, mlp) = small_mlp(2);
+    let mut windowed_store = exact_store.clone();
+    let mut exact = controller(
+        &exact_store,
+        Rules::sparse_momentum(MomentumWindow::EveryStep),
+        length,
+    );
+    let mut windowed = controller(
+        &windowed_store,
+        Rules::sparse_momentum(MomentumWindow::LastSteps(100)),
+        length,
+    );
+    let mut short = controller(
+        &windowed_store.clone(),
+        Rules::sparse_momentum(MomentumWindow::LastSteps(1)),
+        length,
+    );
+    let mut short_store = windowed_store.clone();
+    for step in 0..150 {
+        let a = train_step(&mut exact_store, &mlp, &mut exact, step);
+        let b = train_step(&mut windowed_store, &mlp, &mut windowed, step);
+        let c = train_step(&mut short_store, &mlp, &mut short, step);
+        assert_eq!(a.is_some(), b.is_some());
+        assert_eq!(a.is_some(), c.is_some());
+    }
+    let reference = structure(&exact_store);
+    assert_eq!(
+        structure(&windowed_store),
+        reference,
+        "a 100-step window grows where exact momentum does"
+    );
+    // The test can fail: a one-step window (the last gradient only) picks differently.
+    assert_ne!(
+        structure(&short_store),
+        reference,
+        "a 1-step window should not match exact momentum"
+    );
+}
+
+/// A growth rule that breaks its contract by growing one weight too many.
+struct Greedy;
+
+impl GrowthRule for Greedy {
+    fn momentum_window(&self) -> Option<MomentumWindow> {
+        None
+    }
+
+    fn select(
+        &self,
+        _: &LayerView,
+        vacancies: &Vacancies,
+        count: usize,
+        _: &mut ChaCha8Rng,
+    ) -> Vec<(usize, usize)> {
+        let mut free = Vec::new();
+        vacancies.for_each(|r, c| free.push((r, c)));
+        free.truncate(count + 1);
+        free
+    }
+}
+
+#[test]
+fn a_rule_that_breaks_its_contract_is_an_error_not_a_corruption() {
+    let (mut store, mlp) = small_mlp(3);
+    let rules = Rules {
+        prune: Box::new(MagnitudePrune),
+        redistribution: Box::new(MomentumRedistribution),
+        growth: Box::new(Greedy),
+    };
+    let length = RunLength {
+        steps_per_epoch: 5,
+        total_steps: 10,
+    };
+    let mut controller = controller(&store, rules, length);
+    let before = store.clone();
+    for step in 0..4 {
+        train_step(&mut store, &mlp, &mut controller, step);
+    }
+    let mut grads = {
+        let mut tape = Tape::new(&store);
+        let (x, labels) = batch(4);
+        let x = tape.input(x);
+        let logits = mlp.forward(&mut tape, x).unwrap();
+        let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
+        tape.backward(loss).unwrap()
+    };
+    controller.observe(&store, &mut grads, 4);
+    assert!(controller.updates_after(4));
+    let err = controller.update_masks(&mut store, 5).unwrap_err();
+    assert!(err.to_string().contains("growth rule returned"), "{err}");
+    assert_eq!(structure(&store), structure(&before), "nothing was changed");
+}
+
+#[test]
+fn bad_settings_are_refused() {
+    let (store, _) = small_mlp(4);
+    let length = RunLength {
+        steps_per_epoch: 5,
+        total_steps: 10,
+    };
+    let make = |config: SparseLearningConfig, window| {
+        SparseLearning::new(
+            &store,
+            store.sparse_ids(),
+            Rules::sparse_momentum(window),
+            config,
+            length,
+            0.9,
+            0,
+        )
+    };
+    let negative = SparseLearningConfig {
+        prune_rate: -0.1,
+        ..SparseLearningConfig::default()
+    };
+    assert!(
+        make(negative, MomentumWindow::EveryStep)
+            .unwrap_err()
+            .to_string()
+            .contains("prune-rate")
+    );
+    let zero_interval = SparseLearningConfig {
+        update_interval: Some(0),
+        ..SparseLearningConfig::default()
+    };
+    assert!(make(zero_interval, MomentumWindow::EveryStep).is_err());
+    assert!(
+        make(
+            SparseLearningConfig::default(),
+            MomentumWindow::LastSteps(0)
+        )
+        .is_err()
+    );
+    // A dense parameter cannot be managed.
+    let bias = store
+        .iter()
+        .find(|(_, p)| p.name.ends_with("bias"))
+        .unwrap()
+        .0;
+    let err = SparseLearning::new(
+        &store,
+        vec![bias],
+        Rules::sparse_momentum(MomentumWindow::EveryStep),
+        SparseLearningConfig::default(),
+        length,
+        0.9,
+        0,
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("dense"), "{err}");
+}
+
+proptest! {
+    #[test]
+    fn apportion_is_exact_capped_and_proportional(
+        parts in prop::collection::vec((0.0f64..10.0, 0usize..500), 1..8),
+        fraction in 0.0f64..=1.0,
+    ) {
+        let shares: Vec<f64> = parts.iter().map(|p| p.0).collect();
+        let capacity: Vec<usize> = parts.iter().map(|p| p.1).collect();
+        let total = (capacity.iter().sum::<usize>() as f64 * fraction) as usize;
+        let result = apportion(&shares, total, &capacity).unwrap();
+        prop_assert_eq!(result.iter().sum::<usize>(), total);
+        for ((&r, &c), &s) in result.iter().zip(&capacity).zip(&shares) {
+            prop_assert!(r <= c);
+            // Nobody below its capped proportional quota minus rounding.
+            let sum: f64 = shares.iter().sum();
+            if sum > 0.0 {
+                let quota = (s / sum * total as f64).floor() as usize;
+                prop_assert!(r >= quota.min(c).saturating_sub(1));
+            }
+        }
+        prop_assert!(apportion(&shares, capacity.iter().sum::<usize>() + 1, &capacity).is_none());
+    }
+}

@@ -1,0 +1,107 @@
+//! Training end to end on MNIST subsets: real accuracy, determinism, divergence.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use sparsetrain::prelude::*;
+
+fn mnist() -> &'static Mnist {
+    static MNIST: OnceLock<Mnist> = OnceLock::new();
+    MNIST.get_or_init(|| Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data")).unwrap())
+}
+
+fn quick(density: Option<f64>, train_samples: usize, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        train_samples: Some(train_samples),
+        sparse: density.map(|density| SparseSettings {
+            density,
+            ..SparseSettings::default()
+        }),
+        ..TrainConfig::default()
+    }
+}
+
+fn train(config: TrainConfig) -> (TrainSummary, Trainer) {
+    let mut trainer = Trainer::new(config, &mnist().train, &mnist().test).unwrap();
+    let summary = trainer.run(&mut ()).unwrap();
+    (summary, trainer)
+}
+
+#[test]
+fn sparse_momentum_learns_mnist_at_five_percent() {
+    // 10 000 samples, 3 epochs (300 steps, two mask updates).
+    let (summary, trainer) = train(quick(Some(0.05), 10_000, 3));
+    assert!(
+        summary.test_accuracy > 0.90,
+        "test accuracy {}",
+        summary.test_accuracy
+    );
+    assert!(
+        (summary.density - 0.05).abs() < 1e-4,
+        "density stays at 5 %: {}",
+        summary.density
+    );
+    assert_eq!(
+        trainer.layers().iter().map(|l| l.nnz).sum::<usize>(),
+        13_310
+    );
+}
+
+#[test]
+fn two_percent_and_dense_learn_too() {
+    let (sparse, _) = train(quick(Some(0.02), 5_000, 2));
+    assert!(sparse.test_accuracy > 0.80, "2 %: {}", sparse.test_accuracy);
+    let (dense, _) = train(quick(None, 5_000, 2));
+    assert!(dense.test_accuracy > 0.90, "dense: {}", dense.test_accuracy);
+    assert_eq!(dense.density, 1.0);
+}
+
+#[test]
+fn the_same_seed_gives_the_same_run_for_any_thread_count() {
+    let run = |threads, seed| {
+        let config = TrainConfig {
+            threads: Some(threads),
+            seed,
+            ..quick(Some(0.05), 3_000, 2)
+        };
+        let (summary, trainer) = train(config);
+        (summary.test_accuracy, trainer.params().clone())
+    };
+    let (accuracy, params) = run(1, 5);
+    let (accuracy_2, params_2) = run(2, 5);
+    assert_eq!(accuracy, accuracy_2);
+    assert!(
+        params == params_2,
+        "weights, structure and momentum are bit-identical with 1 and 2 threads"
+    );
+    let (_, other_seed) = run(2, 6);
+    assert!(params != other_seed, "another seed gives another run");
+}
+
+#[test]
+fn divergence_is_an_error_naming_epoch_and_step() {
+    let config = TrainConfig {
+        lr: 1e9,
+        ..quick(Some(0.05), 2_000, 1)
+    };
+    let mut trainer = Trainer::new(config, &mnist().train, &mnist().test).unwrap();
+    let err = trainer.run(&mut ()).unwrap_err();
+    assert!(
+        matches!(err, Error::NonFiniteLoss { epoch: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("epoch 1, step"), "{err}");
+}
+
+#[test]
+fn a_model_that_does_not_fit_the_data_is_an_error() {
+    let config = TrainConfig {
+        widths: vec![100, 10],
+        ..quick(Some(0.05), 1_000, 1)
+    };
+    let err = Trainer::new(config, &mnist().train, &mnist().test)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("784 features"), "{err}");
+}
