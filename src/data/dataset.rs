@@ -204,7 +204,7 @@ impl Dataset {
             if let Ok(tile) = <&[usize; TILE]>::try_from(tile) {
                 let rows: [&[u8]; TILE] = std::array::from_fn(|t| &pixels[tile[t] * d..][..d]);
                 while first_feature + TILE <= d {
-                    let block: [&[u8; TILE]; TILE] = std::array::from_fn(|t| {
+                    let block: [[u8; TILE]; TILE] = std::array::from_fn(|t| {
                         rows[t][first_feature..][..TILE]
                             .try_into()
                             .expect("TILE bytes")
