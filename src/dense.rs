@@ -88,10 +88,36 @@ fn gemm_in_blocks(
     );
 }
 
+/// The sum of `values` with 16 independent partial sums (so the loop
+/// vectorises), added as a tree: a fixed order, so the result is deterministic.
+pub fn sum(values: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut partial = [0.0f32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (p, &v) in partial.iter_mut().zip(chunk) {
+            *p += v;
+        }
+    }
+    let eight: [f32; 8] = std::array::from_fn(|i| partial[i] + partial[i + 8]);
+    let four: [f32; 4] = std::array::from_fn(|i| eight[i] + eight[i + 4]);
+    (four[0] + four[2]) + (four[1] + four[3]) + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn sum_adds_every_value() {
+        for n in [0, 1, 15, 16, 17, 100, 1000] {
+            let values: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let expected: f32 = values.iter().sum();
+            assert_eq!(sum(&values), expected, "n = {n}");
+        }
+    }
 
     #[test]
     fn blocked_gemm_matches_one_call_bit_for_bit() {

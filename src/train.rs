@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::Axis;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rayon::{ThreadPool, ThreadPoolBuilder};
@@ -608,20 +607,23 @@ impl Pass {
     }
 }
 
-/// How many columns of `logits` have their maximum at the label.
+/// How many columns of `logits` (`classes × batch`) have their maximum at the
+/// label. Walks the rows, which are contiguous; ties go to the lower class.
 fn count_correct(logits: &ndarray::Array2<f32>, labels: &[usize]) -> usize {
-    logits
-        .axis_iter(Axis(1))
-        .zip(labels)
-        .filter(|(column, label)| {
-            let best =
-                column
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv { (i, v) } else { (bi, bv) }
-                    });
-            best.0 == **label
-        })
-        .count()
+    let batch = logits.ncols();
+    let mut best = vec![f32::NEG_INFINITY; batch];
+    let mut predicted = vec![0usize; batch];
+    let rows = logits
+        .as_slice()
+        .expect("tape values are contiguous")
+        .chunks_exact(batch.max(1));
+    for (class, row) in rows.enumerate() {
+        for ((b, p), &v) in best.iter_mut().zip(&mut predicted).zip(row) {
+            if v > *b {
+                *b = v;
+                *p = class;
+            }
+        }
+    }
+    predicted.iter().zip(labels).filter(|(p, l)| p == l).count()
 }

@@ -3,10 +3,10 @@
 //! Activations are `features × batch`, so a layer is `Y = W·X + b` with `W`
 //! of shape `out × in` and `b` an `out × 1` column broadcast over the batch.
 
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
-use crate::dense::gemm;
+use crate::dense::{gemm, sum};
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
 use crate::sparse::{sddmm, spmm, spmm_transposed};
@@ -150,7 +150,12 @@ impl DenseMatmul {
 impl AddBias {
     /// `dX = dY`, `db = Σ_batch dY`.
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let db = dy.sum_axis(Axis(1)).insert_axis(Axis(1));
+        let rows = dy
+            .as_slice()
+            .expect("gradients are contiguous")
+            .chunks_exact(dy.ncols().max(1));
+        let sums: Vec<f32> = rows.map(sum).collect();
+        let db = Array2::from_shape_vec((dy.nrows(), 1), sums).expect("one sum per row");
         pass.accumulate_param(self.bias, ParamGrad::Dense(db));
         pass.accumulate(self.input, dy);
     }

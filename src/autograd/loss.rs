@@ -1,6 +1,6 @@
 //! Softmax cross-entropy, the classification loss.
 
-use ndarray::{Array2, Axis};
+use ndarray::Array2;
 
 use super::tape::{BackwardPass, Op, Tape, Var};
 use crate::error::{Error, Result};
@@ -21,6 +21,7 @@ impl Tape<'_> {
     /// Numerically stable: each column is shifted by its maximum before `exp`,
     /// and the loss is computed as `log Σ exp(z − max) − (z_label − max)`, so
     /// large logits neither overflow nor lose the small probabilities.
+    /// The loops run along the rows (the batch), which are contiguous.
     pub fn softmax_cross_entropy(&mut self, logits: Var, labels: &[usize]) -> Result<Var> {
         let z = self.value(logits);
         let (classes, batch) = z.dim();
@@ -36,16 +37,35 @@ impl Tape<'_> {
                 format!("label {bad} but only {classes} classes"),
             ));
         }
-        let mut probabilities = z.clone();
-        let mut total = 0.0f64;
-        for (mut column, &label) in probabilities.axis_iter_mut(Axis(1)).zip(labels) {
-            let max = column.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-            let label_logit = column[label] - max;
-            column.mapv_inplace(|v| (v - max).exp());
-            let sum = column.sum();
-            total += sum.ln() as f64 - label_logit as f64;
-            column /= sum;
+        let rows: Vec<&[f32]> = z
+            .as_slice()
+            .expect("tape values are contiguous")
+            .chunks_exact(batch)
+            .collect();
+        let mut max = vec![f32::NEG_INFINITY; batch];
+        for row in &rows {
+            for (m, &v) in max.iter_mut().zip(*row) {
+                *m = m.max(v);
+            }
         }
+        let mut exps = Vec::with_capacity(classes * batch);
+        let mut sums = vec![0.0f32; batch];
+        for row in &rows {
+            for ((s, &v), &m) in sums.iter_mut().zip(*row).zip(&max) {
+                let e = (v - m).exp();
+                exps.push(e);
+                *s += e;
+            }
+        }
+        let mut total = 0.0f64;
+        for (j, &label) in labels.iter().enumerate() {
+            total += sums[j].ln() as f64 - (rows[label][j] - max[j]) as f64;
+        }
+        for (e, s) in exps.iter_mut().zip(sums.iter().cycle()) {
+            *e /= s;
+        }
+        let probabilities =
+            Array2::from_shape_vec((classes, batch), exps).expect("classes · batch values");
         let loss = Array2::from_elem((1, 1), (total / batch as f64) as f32);
         let op = SoftmaxCrossEntropy {
             logits,
@@ -61,10 +81,9 @@ impl SoftmaxCrossEntropy {
     pub(crate) fn backward(&self, upstream: &Array2<f32>, pass: &mut BackwardPass) {
         let batch = self.labels.len();
         let scale = upstream[(0, 0)] / batch as f32;
-        let mut dz = self.probabilities.clone();
-        for (mut column, &label) in dz.axis_iter_mut(Axis(1)).zip(&self.labels) {
-            column[label] -= 1.0;
-            column *= scale;
+        let mut dz = self.probabilities.mapv(|p| p * scale);
+        for (j, &label) in self.labels.iter().enumerate() {
+            dz[(label, j)] -= scale;
         }
         pass.accumulate(self.logits, dz);
     }

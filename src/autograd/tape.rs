@@ -181,6 +181,12 @@ impl<'p> Tape<'p> {
     }
 
     fn push(&mut self, value: Array2<f32>, op: Op, requires_grad: bool) -> Var {
+        // Ops read values as row-major slices (the batch contiguous).
+        let value = if value.is_standard_layout() {
+            value
+        } else {
+            value.as_standard_layout().into_owned()
+        };
         self.nodes.push(Node {
             value,
             op,
