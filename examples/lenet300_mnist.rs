@@ -4,7 +4,7 @@
 //! `cargo run --release --example lenet300_mnist -- [density] [epochs]`
 //! (defaults: 0.02 and 10).
 
-use std::path::Path;
+mod common;
 
 use sparsetrain::prelude::*;
 use sparsetrain::sparsity::MaskUpdate;
@@ -46,20 +46,8 @@ impl Observer for Report {
 }
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let density: f64 = match args.next() {
-        Some(s) => s
-            .parse()
-            .map_err(|_| format!("density `{s}` is not a number"))?,
-        None => 0.02,
-    };
-    let epochs: usize = match args.next() {
-        Some(s) => s
-            .parse()
-            .map_err(|_| format!("epochs `{s}` is not a whole number"))?,
-        None => 10,
-    };
-    let mnist = Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data"))?;
+    let (density, epochs) = common::density_and_epochs(0.02, 10)?;
+    let mnist = common::bundled_mnist()?;
     let config = TrainConfig {
         epochs,
         sparse: Some(SparseSettings {

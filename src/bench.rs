@@ -52,7 +52,7 @@ pub fn time_epochs(
                 epochs: rounds + 1,
                 sparse: density.map(|density| SparseSettings {
                     density,
-                    ..base.sparse.unwrap_or_default()
+                    ..base.sparse.clone().unwrap_or_default()
                 }),
                 ..base.clone()
             };

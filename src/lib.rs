@@ -40,7 +40,11 @@
 //! | [`optim`] | SGD and learning-rate schedules |
 //! | [`sparsity`] | the sparse-learning controller and its rules |
 //! | [`train`] | the training loop |
+//! | [`stats`] | summaries of repeated runs |
 //! | [`bench`] | epoch and kernel timings for the CLI's `bench` command |
+
+#[macro_use]
+mod choices;
 
 pub mod autograd;
 pub mod bench;
@@ -52,6 +56,7 @@ pub mod optim;
 pub mod params;
 pub mod sparse;
 pub mod sparsity;
+pub mod stats;
 pub mod train;
 
 pub use error::{Error, Result};
@@ -65,7 +70,7 @@ pub mod prelude {
     pub use crate::optim::{Sgd, StepLr};
     pub use crate::params::{ParamId, ParamStore, ParamValue};
     pub use crate::sparse::SparseMatrix;
-    pub use crate::sparsity::{Rules, SparseLearning, SparseLearningConfig};
+    pub use crate::sparsity::{Distribution, Method, Rules, SparseLearning, SparseLearningConfig};
     pub use crate::train::{Observer, SparseSettings, TrainConfig, TrainSummary, Trainer};
 }
 

@@ -18,8 +18,8 @@ use crate::nn::{LENET_300_100, Mlp, Model, WeightInit, WeightKind};
 use crate::optim::{Sgd, StepLr};
 use crate::params::{ParamStore, ParamValue};
 use crate::sparsity::{
-    MaskUpdate, MomentumGrowth, MomentumWindow, Rules, RunLength, SparseLearning,
-    SparseLearningConfig, check_density, uniform_counts,
+    Distribution, MaskUpdate, MaskUpdates, Method, RegrownWeight, Rules, RunLength, SparseLearning,
+    SparseLearningConfig, check_density, layer_counts,
 };
 
 /// Everything that defines a training run. [`Default`] is the reference
@@ -58,28 +58,39 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
 }
 
-/// How a sparse run is sparse.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How a sparse run is sparse: how many weights each layer starts with and
+/// how the masks change. [`SparseSettings::method`] builds a published method.
+#[derive(Debug, Clone, PartialEq)]
 pub struct SparseSettings {
-    /// Overall fraction of weights kept, in (0, 1].
+    /// Overall fraction of weights kept, over all weight matrices, in (0, 1].
     pub density: f64,
-    /// Prune rate, its schedule, update interval.
-    pub learning: SparseLearningConfig,
-    /// Dense-momentum history for growth; `None` picks the shortest window over
-    /// which the optimizer's momentum forgets all but 1 % (44 steps at β = 0.9).
-    pub window: Option<MomentumWindow>,
-    /// `false` keeps the initial masks for the whole run (static sparse training).
-    pub update_masks: bool,
+    /// How the density is shared among layers.
+    pub distribution: Distribution,
+    /// Layers (by parameter name, e.g. `fc3.weight`) given a density of their
+    /// own; the others share what is left. A layer at density 1 is stored dense
+    /// and its mask never changes.
+    pub layer_densities: Vec<(String, f64)>,
+    /// How masks change during training; `None` keeps them fixed (static).
+    pub updates: Option<MaskUpdates>,
+}
+
+impl SparseSettings {
+    /// A published method at `density`, with the layer distribution it was
+    /// published with.
+    pub fn method(method: Method, density: f64) -> Self {
+        SparseSettings {
+            density,
+            distribution: method.distribution(),
+            layer_densities: Vec::new(),
+            updates: method.mask_updates(),
+        }
+    }
 }
 
 impl Default for SparseSettings {
+    /// Sparse momentum at 5 % density.
     fn default() -> Self {
-        SparseSettings {
-            density: 0.05,
-            learning: SparseLearningConfig::default(),
-            window: None,
-            update_masks: true,
-        }
+        SparseSettings::method(Method::SparseMomentum, 0.05)
     }
 }
 
@@ -140,6 +151,9 @@ impl TrainConfig {
         }
         if let Some(sparse) = &self.sparse {
             check_density(sparse.density)?;
+            if let Some(updates) = &sparse.updates {
+                updates.validate()?;
+            }
         }
         if self.threads == Some(0) {
             return Err(Error::config("threads", "must be at least 1"));
@@ -185,7 +199,7 @@ pub struct EpochStats {
     pub validation_accuracy: Option<f64>,
     /// Accuracy on the test set.
     pub test_accuracy: f64,
-    /// Stored weights over all weights of the sparse layers (1 for a dense run).
+    /// Stored weights over all weights of the weight matrices (1 for a dense run).
     pub density: f64,
     /// Training samples per second (training steps and mask updates only).
     pub samples_per_second: f64,
@@ -219,7 +233,7 @@ pub struct TrainSummary {
     pub epochs: usize,
     /// Wall time of the whole run, evaluation included.
     pub seconds: f64,
-    /// Final density of the sparse layers.
+    /// Final density of the weight matrices.
     pub density: f64,
     /// Every weight matrix at the end.
     pub layers: Vec<LayerInfo>,
@@ -260,6 +274,39 @@ impl Trainer {
     /// Splits off the validation set, builds the model (sparse layers drawn
     /// directly in CSR form) and the optimizer.
     pub fn new(config: TrainConfig, train: &Dataset, test: &Dataset) -> Result<Trainer> {
+        Self::build(config, train, test, None)
+    }
+
+    /// Like [`Trainer::new`], with your own prune, redistribution and growth
+    /// rules instead of the ones `config` names; every other knob (prune rate,
+    /// schedule, update interval) still comes from `config.sparse`, which must
+    /// have mask updates. See `examples/custom_growth_rule.rs`.
+    pub fn with_rules(
+        config: TrainConfig,
+        train: &Dataset,
+        test: &Dataset,
+        rules: Rules,
+    ) -> Result<Trainer> {
+        if config
+            .sparse
+            .as_ref()
+            .and_then(|s| s.updates.as_ref())
+            .is_none()
+        {
+            return Err(Error::config(
+                "rules",
+                "custom rules need a sparse configuration with mask updates (not dense or static)",
+            ));
+        }
+        Self::build(config, train, test, Some(rules))
+    }
+
+    fn build(
+        config: TrainConfig,
+        train: &Dataset,
+        test: &Dataset,
+        rules: Option<Rules>,
+    ) -> Result<Trainer> {
         config.validate()?;
         let mut data = Splits::new(train, test, config.validation_fraction)?;
         if let Some(n) = config.train_samples {
@@ -280,12 +327,20 @@ impl Trainer {
             ));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let shapes: Vec<(usize, usize)> = config.widths.windows(2).map(|w| (w[1], w[0])).collect();
+        let shapes = Mlp::weight_shapes(&config.widths);
         let kinds: Vec<WeightKind> = match &config.sparse {
             None => vec![WeightKind::Dense; shapes.len()],
-            Some(s) => uniform_counts(&shapes, s.density)?
+            Some(s) => layer_counts(&shapes, s.density, s.distribution, &s.layer_densities)?
                 .into_iter()
-                .map(|nnz| WeightKind::Sparse { nnz })
+                .zip(&shapes)
+                .map(|(nnz, shape)| {
+                    // A full layer is stored dense: there is nothing to prune into.
+                    if nnz == shape.dims.iter().product::<usize>() {
+                        WeightKind::Dense
+                    } else {
+                        WeightKind::Sparse { nnz }
+                    }
+                })
                 .collect(),
         };
         let mut store = ParamStore::new();
@@ -296,16 +351,27 @@ impl Trainer {
             steps_per_epoch,
             total_steps: steps_per_epoch * config.epochs,
         };
-        let sparse = match &config.sparse {
-            Some(s) if s.update_masks => {
-                let window = s.window.unwrap_or(MomentumWindow::LastSteps(
-                    MomentumGrowth::default_window_steps(config.momentum),
-                ));
+        let sparse_layers = store.sparse_ids();
+        let sparse = match config.sparse.as_ref().and_then(|s| s.updates.as_ref()) {
+            Some(updates) if !sparse_layers.is_empty() => {
+                let mut regrowth = updates.regrowth;
+                if let RegrownWeight::Init(_) = regrowth.weight {
+                    regrowth.weight = RegrownWeight::Init(config.init);
+                }
+                let learning = SparseLearningConfig {
+                    prune_rate: updates.prune_rate,
+                    schedule: updates.schedule,
+                    update_interval: updates.update_every,
+                    stop_updates_after: updates
+                        .stop_after
+                        .map(|fraction| (fraction * length.total_steps as f64).round() as usize),
+                    regrowth,
+                };
                 Some(SparseLearning::new(
                     &store,
-                    store.sparse_ids(),
-                    Rules::sparse_momentum(window),
-                    s.learning,
+                    sparse_layers,
+                    rules.unwrap_or_else(|| updates.rules(config.momentum)),
+                    learning,
                     length,
                     config.momentum,
                     config.seed,
@@ -528,12 +594,11 @@ impl Trainer {
         })
     }
 
-    /// Stored over total weights of the sparse layers; 1 for a dense model.
+    /// Stored over total weights of all weight matrices; 1 for a dense model.
     pub fn density(&self) -> f64 {
         let (stored, total) = self
             .layers()
             .iter()
-            .filter(|l| l.sparse)
             .fold((0, 0), |(s, t), l| (s + l.nnz, t + l.shape.0 * l.shape.1));
         if total == 0 {
             1.0

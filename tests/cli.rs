@@ -59,6 +59,94 @@ fn other_bad_settings_are_refused() {
 }
 
 #[test]
+fn bad_sparse_learning_settings_are_refused() {
+    fails_with(&["--method", "lottery"], "lottery");
+    fails_with(&["--prune-rate", "-0.5"], "prune-rate");
+    fails_with(
+        &["--layer-density", "fc9.weight=1", "--epochs", "1"],
+        "fc9.weight",
+    );
+    fails_with(&["--layer-density", "fc1.weight"], "NAME=DENSITY");
+    fails_with(
+        &["--layer-density", "fc1.weight=1", "--epochs", "1"],
+        "overridden layers",
+    );
+    fails_with(
+        &["--method", "static", "--growth", "random"],
+        "--method static",
+    );
+    fails_with(&["--distribution", "gaussian"], "gaussian");
+    fails_with(&["--growth", "psychic"], "psychic");
+    fails_with(&["--prune-schedule", "sawtooth"], "sawtooth");
+    fails_with(&["--stop-updates-after", "2"], "stop-updates-after");
+    fails_with(
+        &[
+            "--update-every",
+            "0",
+            "--epochs",
+            "1",
+            "--train-samples",
+            "100",
+        ],
+        "update-every",
+    );
+    fails_with(&["seeds", "--seeds", "0"], "seeds");
+}
+
+#[test]
+fn the_seeds_command_writes_its_tables() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().to_str().unwrap();
+    let run = sparsetrain(&[
+        "seeds",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "1000",
+        "--method",
+        "set",
+        "--density",
+        "0.1",
+        "--out",
+        dir,
+    ]);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        stdout.contains("seed 17") && stdout.contains("seed 18"),
+        "{stdout}"
+    );
+    let csv = std::fs::read_to_string(out.path().join("seeds-set-0.1.csv")).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        3,
+        "a header and one row per seed: {csv}"
+    );
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("seeds-set-0.1.json")).unwrap(),
+    )
+    .unwrap();
+    let errors: Vec<f64> = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["test_error"].as_f64().unwrap())
+        .collect();
+    let mean = (errors[0] + errors[1]) / 2.0;
+    assert!((json["test_error"]["mean"].as_f64().unwrap() - mean).abs() < 1e-12);
+    assert!(
+        errors.iter().all(|&e| e < 0.5),
+        "1000 samples of MNIST beat chance: {errors:?}"
+    );
+}
+
+#[test]
 fn a_missing_data_directory_is_refused() {
     fails_with(
         &["--data", "/no/such/dir", "--epochs", "1"],

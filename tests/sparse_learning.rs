@@ -8,8 +8,9 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use sparsetrain::prelude::*;
 use sparsetrain::sparsity::{
-    GrowthRule, LayerView, MagnitudePrune, MaskUpdate, MomentumRedistribution, MomentumWindow,
-    RunLength, Vacancies, apportion,
+    Distribution, GrowthChoice, GrowthRule, LayerView, MagnitudePrune, MaskUpdate, MaskUpdates,
+    Method, MomentumRedistribution, MomentumWindow, PruneChoice, RedistributionChoice,
+    RegrownWeight, Regrowth, RunLength, Vacancies, apportion, layer_counts,
 };
 
 const WIDTHS: [usize; 4] = [20, 16, 12, 4];
@@ -17,13 +18,17 @@ const BATCH: usize = 32;
 
 /// A small sparse MLP (30 % of each weight matrix) and its parameters.
 fn small_mlp(seed: u64) -> (ParamStore, Mlp) {
+    mlp_with(seed, Distribution::Uniform)
+}
+
+/// A small MLP at 30 % overall density, shared among layers by `distribution`.
+fn mlp_with(seed: u64, distribution: Distribution) -> (ParamStore, Mlp) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut store = ParamStore::new();
-    let kinds: Vec<WeightKind> = WIDTHS
-        .windows(2)
-        .map(|w| WeightKind::Sparse {
-            nnz: (w[0] * w[1]) * 3 / 10,
-        })
+    let counts = layer_counts(&Mlp::weight_shapes(&WIDTHS), 0.3, distribution, &[]).unwrap();
+    let kinds: Vec<WeightKind> = counts
+        .into_iter()
+        .map(|nnz| WeightKind::Sparse { nnz })
         .collect();
     let mlp = Mlp::new(
         &mut store,
@@ -108,18 +113,34 @@ fn structure(store: &ParamStore) -> Vec<(Vec<usize>, Vec<usize>)> {
         .collect()
 }
 
-#[test]
-fn every_update_keeps_the_invariants() {
-    let (mut store, mlp) = small_mlp(1);
+/// Trains 200 steps with `updates` (masks updated every 20 steps) and checks,
+/// after every update: valid CSR, each layer's planned count, the total
+/// conserved, momentum aligned, surviving weights unchanged and grown ones
+/// starting as the policy says.
+fn check_invariants(updates: MaskUpdates, distribution: Distribution) {
+    let what = format!("{updates:?} with {distribution}");
+    let (mut store, mlp) = mlp_with(1, distribution);
     let length = RunLength {
         steps_per_epoch: 20,
         total_steps: 200,
     };
-    let mut controller = controller(
+    let config = SparseLearningConfig {
+        prune_rate: updates.prune_rate,
+        schedule: updates.schedule,
+        update_interval: updates.update_every.map(|_| 20),
+        stop_updates_after: None,
+        regrowth: updates.regrowth,
+    };
+    let mut controller = SparseLearning::new(
         &store,
-        Rules::sparse_momentum(MomentumWindow::LastSteps(10)),
+        store.sparse_ids(),
+        updates.rules(0.9),
+        config,
         length,
-    );
+        0.9,
+        7,
+    )
+    .unwrap();
     let total_nnz = |s: &ParamStore| {
         s.sparse_ids()
             .iter()
@@ -127,21 +148,24 @@ fn every_update_keeps_the_invariants() {
             .sum::<usize>()
     };
     let initial_total = total_nnz(&store);
-    let mut updates = 0;
+    let mut updates_seen = 0;
     for step in 0..length.total_steps {
         if !sgd_step(&mut store, &mlp, &mut controller, step) {
             continue;
         }
         let before = store.clone();
         let update = controller.update_masks(&mut store, step + 1).unwrap();
-        updates += 1;
+        updates_seen += 1;
         assert_eq!(
             total_nnz(&store),
             initial_total,
-            "total nnz is conserved exactly"
+            "{what}: total nnz is conserved exactly"
         );
         let shares: f64 = update.layers.iter().map(|l| l.share).sum();
-        assert!((shares - 1.0).abs() < 1e-9, "shares sum to 1, got {shares}");
+        assert!(
+            (shares - 1.0).abs() < 1e-9,
+            "{what}: shares sum to 1, got {shares}"
+        );
         for (layer, id) in update.layers.iter().zip(store.sparse_ids()) {
             let param = store.get(id);
             let w = param.value.as_sparse().unwrap();
@@ -157,39 +181,103 @@ fn every_update_keeps_the_invariants() {
             assert_eq!(
                 w.nnz(),
                 layer.nnz_before - layer.removed + layer.regrown,
-                "{}: planned count",
+                "{what} {}: planned count",
                 layer.name
             );
             assert_eq!(w.nnz(), layer.nnz_after);
             assert_eq!(
                 param.momentum.len(),
                 w.nnz(),
-                "{}: momentum stays aligned",
+                "{what} {}: momentum stays aligned",
                 layer.name
             );
+            if updates.redistribution == RedistributionChoice::None {
+                assert_eq!(
+                    layer.removed, layer.regrown,
+                    "{what} {}: no redistribution",
+                    layer.name
+                );
+            }
             // Surviving weights keep their values; new ones (including a
-            // pruned position grown back) start at exactly zero.
+            // pruned position grown back) start at zero unless drawn fresh.
             let old = before.get(id).value.as_sparse().unwrap();
             for r in 0..w.rows() {
                 let (old_cols, old_values) = old.row(r);
                 for (c, &v) in w.row(r).0.iter().zip(w.row(r).1) {
                     match old_cols.binary_search(c) {
-                        Ok(i) if v != 0.0 => {
-                            assert_eq!(v, old_values[i], "{}: ({r}, {c}) changed", layer.name)
+                        Ok(i) if v != 0.0 && updates.regrowth.weight == RegrownWeight::Zero => {
+                            assert_eq!(
+                                v, old_values[i],
+                                "{what} {}: ({r}, {c}) changed",
+                                layer.name
+                            )
                         }
                         Ok(_) => {}
-                        Err(_) => {
-                            assert_eq!(v, 0.0, "{}: grown ({r}, {c}) is not zero", layer.name)
+                        Err(_) if updates.regrowth.weight == RegrownWeight::Zero => {
+                            assert_eq!(
+                                v, 0.0,
+                                "{what} {}: grown ({r}, {c}) is not zero",
+                                layer.name
+                            )
                         }
+                        Err(_) => assert!(
+                            v != 0.0,
+                            "{what} {}: grown ({r}, {c}) was not drawn",
+                            layer.name
+                        ),
                     }
                 }
             }
         }
     }
     assert_eq!(
-        updates, 9,
-        "an update at the end of every epoch but the last"
+        updates_seen, 9,
+        "{what}: an update every 20 steps but after the last"
     );
+}
+
+#[test]
+fn every_method_keeps_the_invariants() {
+    for method in [Method::SparseMomentum, Method::Set, Method::Rigl] {
+        check_invariants(method.mask_updates().unwrap(), method.distribution());
+    }
+}
+
+#[test]
+fn every_rule_and_distribution_keeps_the_invariants() {
+    let base = Method::SparseMomentum.mask_updates().unwrap();
+    let variants = [
+        MaskUpdates {
+            prune: PruneChoice::GlobalMagnitude,
+            ..base
+        },
+        MaskUpdates {
+            redistribution: RedistributionChoice::Magnitude,
+            growth: GrowthChoice::Gradient,
+            ..base
+        },
+        MaskUpdates {
+            redistribution: RedistributionChoice::Nonzero,
+            growth: GrowthChoice::Random,
+            ..base
+        },
+        MaskUpdates {
+            regrowth: Regrowth {
+                weight: RegrownWeight::Init(WeightInit::SparseFanIn),
+                ..base.regrowth
+            },
+            ..base
+        },
+    ];
+    for distribution in [
+        Distribution::Uniform,
+        Distribution::ErdosRenyi,
+        Distribution::ErdosRenyiKernel,
+    ] {
+        for updates in variants {
+            check_invariants(updates, distribution);
+        }
+    }
 }
 
 #[test]
@@ -244,10 +332,6 @@ fn windowed_growth_matches_exact_dense_momentum() {
 struct Greedy;
 
 impl GrowthRule for Greedy {
-    fn momentum_window(&self) -> Option<MomentumWindow> {
-        None
-    }
-
     fn select(
         &self,
         _: &LayerView,

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use sparsetrain::prelude::*;
+use sparsetrain::sparsity::{GrowthRule, LayerView, Vacancies};
 
 fn mnist() -> &'static Mnist {
     static MNIST: OnceLock<Mnist> = OnceLock::new();
@@ -104,4 +105,68 @@ fn a_model_that_does_not_fit_the_data_is_an_error() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("784 features"), "{err}");
+}
+
+/// Grows the first free positions in row-major order: simple, deterministic.
+struct FirstFree;
+
+impl GrowthRule for FirstFree {
+    fn select(
+        &self,
+        _: &LayerView,
+        vacancies: &Vacancies,
+        count: usize,
+        _: &mut rand::rngs::ChaCha8Rng,
+    ) -> Vec<(usize, usize)> {
+        let mut grown = Vec::with_capacity(count);
+        vacancies.for_each(|r, c| {
+            if grown.len() < count {
+                grown.push((r, c));
+            }
+        });
+        grown
+    }
+}
+
+#[test]
+fn custom_rules_plug_into_the_trainer() {
+    let config = quick(Some(0.05), 3_000, 2);
+    let updates = config.sparse.as_ref().and_then(|s| s.updates).unwrap();
+    let mut rules = updates.rules(config.momentum);
+    rules.growth = Box::new(FirstFree);
+    let mut trainer = Trainer::with_rules(config, &mnist().train, &mnist().test, rules).unwrap();
+    let summary = trainer.run(&mut ()).unwrap();
+    assert!(summary.test_accuracy > 0.6, "{}", summary.test_accuracy);
+    assert_eq!(
+        trainer.layers().iter().map(|l| l.nnz).sum::<usize>(),
+        13_310
+    );
+
+    let dense = quick(None, 1_000, 1);
+    let rules = updates.rules(0.9);
+    let err = Trainer::with_rules(dense, &mnist().train, &mnist().test, rules)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("custom rules"), "{err}");
+}
+
+#[test]
+fn every_method_learns() {
+    for method in [Method::Set, Method::Rigl, Method::Static] {
+        let config = TrainConfig {
+            sparse: Some(SparseSettings::method(method, 0.05)),
+            ..quick(Some(0.05), 5_000, 2)
+        };
+        let (summary, _) = train(config);
+        assert!(
+            summary.test_accuracy > 0.8,
+            "{method}: {}",
+            summary.test_accuracy
+        );
+        assert!(
+            (summary.density - 0.05).abs() < 1e-4,
+            "{method}: density {}",
+            summary.density
+        );
+    }
 }

@@ -1,10 +1,5 @@
 //! How a layer's initial weights are drawn.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::error::Error;
-
 /// The scale of a layer's initial weights, drawn uniformly from `[−bound, bound]`.
 ///
 /// A sparse layer at density `d` sums only `d · fan_in` inputs per neuron, so
@@ -34,26 +29,11 @@ impl WeightInit {
     }
 }
 
-impl FromStr for WeightInit {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "reference" => Ok(WeightInit::Reference),
-            "sparse-fan-in" => Ok(WeightInit::SparseFanIn),
-            other => Err(Error::config(
-                "init",
-                format!("unknown scheme `{other}` (expected `reference` or `sparse-fan-in`)"),
-            )),
-        }
-    }
-}
-
-impl fmt::Display for WeightInit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            WeightInit::Reference => "reference",
-            WeightInit::SparseFanIn => "sparse-fan-in",
-        })
-    }
-}
+named_choices!(
+    WeightInit,
+    "init",
+    [
+        ("reference", WeightInit::Reference),
+        ("sparse-fan-in", WeightInit::SparseFanIn),
+    ]
+);

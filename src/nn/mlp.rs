@@ -8,6 +8,7 @@ use super::linear::{Linear, WeightKind};
 use crate::autograd::{Tape, Var};
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
+use crate::sparsity::LayerShape;
 
 /// Fully connected layers with ReLU between them (none after the last).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,10 +63,28 @@ impl Mlp {
         Ok(Mlp { layers })
     }
 
+    /// The weight matrices an MLP of `widths` has, named as [`Mlp::new`] names
+    /// them, for deciding their sizes before building it.
+    pub fn weight_shapes(widths: &[usize]) -> Vec<LayerShape> {
+        widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, pair)| LayerShape {
+                name: format!("{}.weight", layer_name(i)),
+                dims: vec![pair[1], pair[0]],
+            })
+            .collect()
+    }
+
     /// The layers, input first.
     pub fn layers(&self) -> &[Linear] {
         &self.layers
     }
+}
+
+/// `fc1`, `fc2`, … for layer 0, 1, …
+fn layer_name(index: usize) -> String {
+    format!("fc{}", index + 1)
 }
 
 impl Model for Mlp {

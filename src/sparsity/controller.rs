@@ -1,18 +1,22 @@
 //! The sparse-learning controller: when and how masks change during training.
 
-use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
+use rand::{RngExt, SeedableRng};
 
 use super::apportion::apportion;
 use super::grow::MomentumGrowth;
 use super::prune::MagnitudePrune;
 use super::redistribute::MomentumRedistribution;
-use super::rules::{GrowthRule, LayerView, MomentumWindow, PruneRule, Redistribution, Vacancies};
+use super::rules::{
+    GrowthRule, GrowthSignal, LayerView, MomentumWindow, PruneRule, Redistribution, Vacancies,
+};
 use super::schedule::{PruneRateSchedule, UpdateSchedule};
 use super::window::DenseMomentum;
-use crate::autograd::{Gradients, Tape};
+use crate::autograd::{GradientFactors, Gradients, Tape};
 use crate::error::{Error, Result};
+use crate::nn::WeightInit;
 use crate::params::{ParamId, ParamStore, ParamValue};
+use crate::sparse::SparseMatrix;
 
 /// The knobs of a sparse-learning run (the reference library's defaults in [`Default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,6 +29,8 @@ pub struct SparseLearningConfig {
     pub update_interval: Option<usize>,
     /// No update after this many steps (the mask is frozen from then on).
     pub stop_updates_after: Option<usize>,
+    /// What grown weights and their optimizer state start as.
+    pub regrowth: Regrowth,
 }
 
 impl Default for SparseLearningConfig {
@@ -34,8 +40,41 @@ impl Default for SparseLearningConfig {
             schedule: PruneRateSchedule::REFERENCE,
             update_interval: None,
             stop_updates_after: None,
+            regrowth: Regrowth::default(),
         }
     }
+}
+
+/// How a grown weight starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Regrowth {
+    /// Its value.
+    pub weight: RegrownWeight,
+    /// Its momentum buffer.
+    pub momentum: RegrownMomentum,
+}
+
+/// The value of a grown weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegrownWeight {
+    /// Exactly zero: the network's function does not change at the update
+    /// (the reference library, RigL).
+    #[default]
+    Zero,
+    /// Drawn like the layer's initial weights (`WeightInit` at the layer's
+    /// current density), as in the original SET.
+    Init(WeightInit),
+}
+
+/// The momentum buffer of a grown weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RegrownMomentum {
+    /// The momentum estimate that selected it (momentum growth; what the
+    /// reference's dense momentum buffer carries over), 0 if the rule has none.
+    #[default]
+    Estimate,
+    /// Zero: the weight starts with no history (RigL).
+    Zero,
 }
 
 /// One rule per decision: together they are a sparse-learning method.
@@ -111,9 +150,11 @@ pub struct SparseLearning {
     config: SparseLearningConfig,
     updates: UpdateSchedule,
     total_steps: usize,
-    window: Option<MomentumWindow>,
+    signal: GrowthSignal,
     /// Present iff the growth rule reads dense momentum.
     dense_momentum: Option<DenseMomentum>,
+    /// The last step's gradient factors per layer, for [`GrowthSignal::Gradient`].
+    last_gradient: Vec<Vec<GradientFactors>>,
     rng: ChaCha8Rng,
 }
 
@@ -123,7 +164,7 @@ impl std::fmt::Debug for SparseLearning {
             .field("layers", &self.layers)
             .field("config", &self.config)
             .field("updates", &self.updates)
-            .field("window", &self.window)
+            .field("signal", &self.signal)
             .finish_non_exhaustive()
     }
 }
@@ -149,7 +190,7 @@ impl SparseLearning {
             ));
         }
         if config.update_interval == Some(0) {
-            return Err(Error::config("update-interval", "must be at least 1 step"));
+            return Err(Error::config("update-every", "must be at least 1 step"));
         }
         if let Some(&id) = layers
             .iter()
@@ -163,8 +204,8 @@ impl SparseLearning {
                 ),
             ));
         }
-        let window = rules.growth.momentum_window();
-        if window == Some(MomentumWindow::LastSteps(0)) {
+        let signal = rules.growth.signal();
+        if signal == GrowthSignal::DenseMomentum(MomentumWindow::LastSteps(0)) {
             return Err(Error::config("momentum-window", "must be at least 1 step"));
         }
         let updates = UpdateSchedule {
@@ -173,14 +214,20 @@ impl SparseLearning {
                 .stop_updates_after
                 .map_or(length.total_steps, |s| s.min(length.total_steps)),
         };
-        let dense_momentum = window.map(|w| DenseMomentum::new(w, momentum_decay, layers.len()));
+        let dense_momentum = match signal {
+            GrowthSignal::DenseMomentum(window) => {
+                Some(DenseMomentum::new(window, momentum_decay, layers.len()))
+            }
+            _ => None,
+        };
         Ok(SparseLearning {
+            last_gradient: vec![Vec::new(); layers.len()],
             layers,
             rules,
             config,
             updates,
             total_steps: length.total_steps,
-            window,
+            signal,
             dense_momentum,
             rng: ChaCha8Rng::seed_from_u64(seed),
         })
@@ -191,21 +238,22 @@ impl SparseLearning {
         &self.layers
     }
 
-    /// Whether step `step` (0-based) feeds the dense momentum of missing weights.
-    pub fn collects_dense_momentum(&self, step: usize) -> bool {
-        match self.window {
-            None => false,
-            Some(MomentumWindow::EveryStep) => true,
-            Some(MomentumWindow::LastSteps(w)) => self
-                .updates
-                .steps_until_update(step)
-                .is_some_and(|n| n <= w),
+    /// Whether step `step` (0-based) must keep gradient factors for growth.
+    pub fn collects_gradients(&self, step: usize) -> bool {
+        let until_update = self.updates.steps_until_update(step);
+        match self.signal {
+            GrowthSignal::None => false,
+            GrowthSignal::DenseMomentum(MomentumWindow::EveryStep) => true,
+            GrowthSignal::DenseMomentum(MomentumWindow::LastSteps(w)) => {
+                until_update.is_some_and(|n| n <= w)
+            }
+            GrowthSignal::Gradient => until_update == Some(1),
         }
     }
 
     /// Asks `tape` to keep what this step's growth bookkeeping needs.
     pub fn prepare(&self, tape: &mut Tape, step: usize) {
-        if self.collects_dense_momentum(step) {
+        if self.collects_gradients(step) {
             for &id in &self.layers {
                 tape.keep_gradient_factors(id);
             }
@@ -213,14 +261,16 @@ impl SparseLearning {
     }
 
     /// Call after optimizer step `step` (0-based): takes the step's gradient
-    /// factors if the step is in the window before an update.
+    /// factors if growth needs them.
     pub fn observe(&mut self, store: &ParamStore, grads: &mut Gradients, step: usize) {
-        if self.collects_dense_momentum(step)
-            && let Some(dense) = &mut self.dense_momentum
-        {
-            for (i, &id) in self.layers.iter().enumerate() {
-                let shape = store.get(id).value.shape();
-                dense.accumulate(i, shape, grads.take_factors(id));
+        if !self.collects_gradients(step) {
+            return;
+        }
+        for (i, &id) in self.layers.iter().enumerate() {
+            let factors = grads.take_factors(id);
+            match &mut self.dense_momentum {
+                Some(dense) => dense.accumulate(i, store.get(id).value.shape(), factors),
+                None => self.last_gradient[i] = factors,
             }
         }
     }
@@ -256,20 +306,31 @@ impl SparseLearning {
                 unreachable!("checked in SparseLearning::new")
             };
             let nnz_before = weights.nnz();
-            let (edited, origins) = weights
+            let (mut edited, origins) = weights
                 .edit_structure(&plan.removals, &plan.growth)
                 .map_err(|e| Error::SparseLearning {
                     layer: param.name.clone(),
                     problem: format!("the rules chose an invalid edit: {e}"),
                 })?;
-            // Kept weights keep their momentum; a new weight starts with the
-            // momentum estimate that selected it (as in the reference, whose
-            // dense momentum buffer simply carries over), or 0 without one.
-            let dense_momentum = self.dense_momentum.as_ref().and_then(|d| d.get(i));
+            // Kept weights keep their values and momentum; new ones start as
+            // the regrowth policy says.
+            let estimate = self.dense_momentum.as_ref().and_then(|d| d.get(i));
             let rows = row_of_each_entry(edited.indptr());
             param.momentum = origins.remap(&param.momentum, |k| {
-                dense_momentum.map_or(0.0, |m| m[(rows[k], edited.indices()[k])])
+                match (self.config.regrowth.momentum, estimate) {
+                    (RegrownMomentum::Estimate, Some(m)) => m[(rows[k], edited.indices()[k])],
+                    _ => 0.0,
+                }
             });
+            if let RegrownWeight::Init(init) = self.config.regrowth.weight {
+                let bound = init.bound(edited.cols(), edited.density());
+                let fresh: Vec<usize> = (0..origins.0.len())
+                    .filter(|&k| origins.0[k].is_none())
+                    .collect();
+                for k in fresh {
+                    edited.values_mut()[k] = self.rng.random_range(-bound..=bound);
+                }
+            }
             layers.push(LayerUpdate {
                 name: param.name.clone(),
                 nnz_before,
@@ -284,6 +345,7 @@ impl SparseLearning {
         if let Some(dense) = &mut self.dense_momentum {
             dense.end_window();
         }
+        self.last_gradient.iter_mut().for_each(Vec::clear);
         let before: usize = layers.iter().map(|l| l.nnz_before).sum();
         let after: usize = layers.iter().map(|l| l.nnz_after).sum();
         assert_eq!(
@@ -313,13 +375,23 @@ impl SparseLearning {
                         .expect("checked in SparseLearning::new"),
                     momentum: &param.momentum,
                     dense_momentum: self.dense_momentum.as_ref().and_then(|d| d.get(i)),
+                    gradient: &self.last_gradient[i],
                 }
             })
             .collect();
-        if self.window.is_some() && views.iter().any(|v| v.dense_momentum.is_none()) {
+        let missing = match self.signal {
+            GrowthSignal::DenseMomentum(_) => views.iter().find(|v| v.dense_momentum.is_none()),
+            GrowthSignal::Gradient => views
+                .iter()
+                .find(|v| v.gradient.is_empty() && v.weights.rows() > 0),
+            GrowthSignal::None => None,
+        };
+        if let Some(view) = missing {
             return Err(Error::SparseLearning {
-                layer: views[0].name.into(),
-                problem: "the growth rule needs the dense momentum, but none was collected (was prepare() called?)".into(),
+                layer: view.name.into(),
+                problem:
+                    "the growth rule's signal was not collected (was prepare() called on the tape?)"
+                        .into(),
             });
         }
 
@@ -341,20 +413,22 @@ impl SparseLearning {
         let mut shares = normalized(&scores);
 
         // 2. Prune.
-        let mut removals = Vec::with_capacity(views.len());
-        for (view, &share) in views.iter().zip(&shares) {
-            let rate = layer_prune_rate(prune_rate, view.weights, share, views.len());
-            let count =
-                ((rate * view.weights.nnz() as f64).ceil() as usize).min(view.weights.nnz());
-            let chosen = self.rules.prune.select(view, count);
-            check_removals(view, &chosen, count)?;
-            removals.push(chosen);
-        }
+        let counts: Vec<usize> = views
+            .iter()
+            .zip(&shares)
+            .map(|(view, &share)| {
+                let rate = layer_prune_rate(prune_rate, view.weights, share, views.len());
+                ((rate * view.weights.nnz() as f64).ceil() as usize).min(view.weights.nnz())
+            })
+            .collect();
+        let removals = self.rules.prune.select_all(&views, &counts);
+        check_removals(&views, &removals, counts.iter().sum())?;
 
         // 3. Redistribute exactly what was removed, within each layer's room.
         let removed_counts: Vec<usize> = removals.iter().map(Vec::len).collect();
-        if total_score == 0.0 {
-            // No signal (e.g. all momentum zero): every layer regrows its own losses.
+        if total_score == 0.0 || self.rules.redistribution.keeps_layer_counts() {
+            // No signal (e.g. all momentum zero) or no redistribution: every
+            // layer regrows its own losses.
             shares = normalized(&removed_counts.iter().map(|&r| r as f64).collect::<Vec<_>>());
         }
         let capacity: Vec<usize> = views
@@ -367,7 +441,7 @@ impl SparseLearning {
 
         // 4. Grow.
         let mut plans = Vec::with_capacity(views.len());
-        for ((view, removal), (count, share)) in views
+        for ((view, removal), (count, &share)) in views
             .iter()
             .zip(removals)
             .zip(regrowth.into_iter().zip(&shares))
@@ -391,7 +465,7 @@ impl SparseLearning {
             plans.push(LayerPlan {
                 removals: removal,
                 growth,
-                share: *share,
+                share,
             });
         }
         Ok(plans)
@@ -418,12 +492,7 @@ struct LayerPlan {
 /// than 20 % of its positions missing whose share of the regrowth is above
 /// average is pruned at most at its missing fraction, so a layer the network
 /// wants dense stays (nearly) dense instead of churning half its weights.
-fn layer_prune_rate(
-    rate: f64,
-    weights: &crate::sparse::SparseMatrix,
-    share: f64,
-    layers: usize,
-) -> f64 {
+fn layer_prune_rate(rate: f64, weights: &SparseMatrix, share: f64, layers: usize) -> f64 {
     let size = (weights.rows() * weights.cols()).max(1);
     let missing = 1.0 - weights.nnz() as f64 / size as f64;
     if missing < 0.2 && share > 1.0 / layers as f64 {
@@ -433,22 +502,32 @@ fn layer_prune_rate(
     }
 }
 
-/// Fails unless `chosen` is `count` distinct stored positions.
-fn check_removals(view: &LayerView, chosen: &[usize], count: usize) -> Result<()> {
-    let mut sorted = chosen.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if chosen.len() != count
-        || sorted.len() != count
-        || sorted.last().is_some_and(|&k| k >= view.weights.nnz())
-    {
+/// Fails unless every layer's removals are distinct stored positions and
+/// they add up to `total`.
+fn check_removals(views: &[LayerView], removals: &[Vec<usize>], total: usize) -> Result<()> {
+    if removals.len() != views.len() || removals.iter().map(Vec::len).sum::<usize>() != total {
         return Err(Error::SparseLearning {
-            layer: view.name.into(),
+            layer: views.first().map_or("", |v| v.name).into(),
             problem: format!(
-                "the prune rule must return {count} distinct stored positions, it returned {:?}…",
-                &chosen[..chosen.len().min(8)]
+                "the prune rule must remove {total} weights over {} layers, it chose {:?}",
+                views.len(),
+                removals.iter().map(Vec::len).collect::<Vec<_>>()
             ),
         });
+    }
+    for (view, chosen) in views.iter().zip(removals) {
+        let mut sorted = chosen.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        if sorted.len() != chosen.len() || sorted.last().is_some_and(|&k| k >= view.weights.nnz()) {
+            return Err(Error::SparseLearning {
+                layer: view.name.into(),
+                problem: format!(
+                    "the prune rule must return distinct stored positions, it returned {:?}…",
+                    &chosen[..chosen.len().min(8)]
+                ),
+            });
+        }
     }
     Ok(())
 }

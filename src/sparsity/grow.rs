@@ -1,9 +1,14 @@
 //! Growth rules: where new weights appear.
 
+use std::collections::HashSet;
+
+use ndarray::{Array2, s};
+use rand::RngExt;
 use rand::rngs::ChaCha8Rng;
 
 use super::prune::smallest_by;
-use super::rules::{GrowthRule, LayerView, MomentumWindow, Vacancies};
+use super::rules::{GrowthRule, GrowthSignal, LayerView, MomentumWindow, Vacancies};
+use crate::dense::gemm;
 
 /// Regrows the free positions with the largest momentum `|m|` (the paper's
 /// sparse momentum): where the gradient has pointed consistently, a weight
@@ -31,8 +36,8 @@ impl MomentumGrowth {
 }
 
 impl GrowthRule for MomentumGrowth {
-    fn momentum_window(&self) -> Option<MomentumWindow> {
-        Some(self.window)
+    fn signal(&self) -> GrowthSignal {
+        GrowthSignal::DenseMomentum(self.window)
     }
 
     fn select(
@@ -40,48 +45,235 @@ impl GrowthRule for MomentumGrowth {
         layer: &LayerView,
         vacancies: &Vacancies,
         count: usize,
-        _rng: &mut ChaCha8Rng,
+        _: &mut ChaCha8Rng,
     ) -> Vec<(usize, usize)> {
         let momentum = layer
             .dense_momentum
             .expect("the controller provides the dense momentum this rule asked for");
-        let mut candidates = Vec::with_capacity(vacancies.count());
-        vacancies.for_each(|r, c| candidates.push((r, c, momentum[(r, c)].abs())));
-        // Largest |m| first: select the smallest under the reversed order.
-        smallest_by(candidates.len(), count, |a, b| {
-            candidates[b].2.total_cmp(&candidates[a].2)
-        })
-        .into_iter()
-        .map(|i| (candidates[i].0, candidates[i].1))
-        .collect()
+        let mut best = BestCandidates::new(count);
+        for r in 0..layer.weights.rows() {
+            vacancies.for_each_in_row(r, |c| best.offer(momentum[(r, c)].abs(), r, c));
+        }
+        best.into_positions()
+    }
+}
+
+/// Regrows the free positions with the largest gradient `|dY·Xᵀ|` of the
+/// update's last step (RigL, Evci et al., 2020).
+///
+/// The dense gradient is computed 32 rows at a time and only the best
+/// candidates are kept, so memory stays `O(32 · cols + count)`: no
+/// `rows × cols` array is ever formed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GradientGrowth;
+
+/// Rows of the dense gradient computed at once by [`GradientGrowth`].
+const GRADIENT_TILE_ROWS: usize = 32;
+
+impl GrowthRule for GradientGrowth {
+    fn signal(&self) -> GrowthSignal {
+        GrowthSignal::Gradient
+    }
+
+    fn select(
+        &self,
+        layer: &LayerView,
+        vacancies: &Vacancies,
+        count: usize,
+        _: &mut ChaCha8Rng,
+    ) -> Vec<(usize, usize)> {
+        let (rows, cols) = layer.weights.shape();
+        let mut tile = Array2::zeros((GRADIENT_TILE_ROWS, cols));
+        let mut best = BestCandidates::new(count);
+        for first in (0..rows).step_by(GRADIENT_TILE_ROWS) {
+            let last = (first + GRADIENT_TILE_ROWS).min(rows);
+            let mut tile = tile.slice_mut(s![..last - first, ..]);
+            tile.fill(0.0);
+            for f in layer.gradient {
+                let dy = f.output_grad.slice(s![first..last, ..]);
+                gemm(1.0, dy, f.input.t(), 1.0, tile.view_mut());
+            }
+            for r in first..last {
+                vacancies.for_each_in_row(r, |c| best.offer(tile[(r - first, c)].abs(), r, c));
+            }
+        }
+        best.into_positions()
+    }
+}
+
+/// Regrows uniformly at random among the free positions (SET).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RandomGrowth;
+
+impl GrowthRule for RandomGrowth {
+    fn select(
+        &self,
+        layer: &LayerView,
+        vacancies: &Vacancies,
+        count: usize,
+        rng: &mut ChaCha8Rng,
+    ) -> Vec<(usize, usize)> {
+        let (rows, cols) = layer.weights.shape();
+        let free = vacancies.count();
+        let mut chosen = Vec::with_capacity(count);
+        if 2 * count <= free {
+            // Mostly free: draw positions and reject taken ones (expected < 2 draws each).
+            let mut seen = HashSet::with_capacity(count);
+            while chosen.len() < count {
+                let p = rng.random_range(0..rows * cols);
+                let (r, c) = (p / cols, p % cols);
+                if vacancies.is_free(r, c) && seen.insert(p) {
+                    chosen.push((r, c));
+                }
+            }
+        } else {
+            let mut all = Vec::with_capacity(free);
+            vacancies.for_each(|r, c| all.push((r, c)));
+            chosen.extend(
+                rand::seq::index::sample(rng, all.len(), count)
+                    .into_iter()
+                    .map(|i| all[i]),
+            );
+        }
+        chosen.sort_unstable();
+        chosen
+    }
+}
+
+/// The `capacity` best-scoring positions seen so far (highest score first,
+/// ties to the lower position), in bounded memory: when the pool holds twice
+/// what is needed it is cut back with a selection, not a sort.
+struct BestCandidates {
+    capacity: usize,
+    pool: Vec<(f32, usize, usize)>,
+}
+
+impl BestCandidates {
+    fn new(capacity: usize) -> Self {
+        BestCandidates {
+            capacity,
+            pool: Vec::with_capacity(2 * capacity + 1),
+        }
+    }
+
+    fn offer(&mut self, score: f32, row: usize, col: usize) {
+        if self.capacity == 0 {
+            return;
+        }
+        self.pool.push((score, row, col));
+        if self.pool.len() >= 2 * self.capacity.max(1024) {
+            self.keep_best();
+        }
+    }
+
+    fn keep_best(&mut self) {
+        let pool = &self.pool;
+        let keep = smallest_by(pool.len(), self.capacity, |a, b| {
+            pool[b]
+                .0
+                .total_cmp(&pool[a].0)
+                .then((pool[a].1, pool[a].2).cmp(&(pool[b].1, pool[b].2)))
+        });
+        self.pool = keep.into_iter().map(|i| self.pool[i]).collect();
+    }
+
+    fn into_positions(mut self) -> Vec<(usize, usize)> {
+        self.keep_best();
+        let mut positions: Vec<(usize, usize)> =
+            self.pool.into_iter().map(|(_, r, c)| (r, c)).collect();
+        positions.sort_unstable();
+        positions
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::autograd::GradientFactors;
     use crate::sparse::SparseMatrix;
     use ndarray::array;
     use rand::SeedableRng;
 
+    fn view<'a>(w: &'a SparseMatrix) -> LayerView<'a> {
+        LayerView {
+            name: "w",
+            weights: w,
+            momentum: &[],
+            dense_momentum: None,
+            gradient: &[],
+        }
+    }
+
     #[test]
-    fn grows_where_missing_momentum_is_largest() {
+    fn momentum_growth_picks_the_largest_missing_momentum() {
         let w = SparseMatrix::from_dense(array![[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]].view());
         let dense = array![[9.0, -5.0, 0.1], [4.0, 9.0, -6.0]];
         let layer = LayerView {
-            name: "w",
-            weights: &w,
-            momentum: &[0.0, 0.0],
             dense_momentum: Some(dense.view()),
+            ..view(&w)
         };
         let rule = MomentumGrowth {
             window: MomentumWindow::EveryStep,
         };
-        let removed = [false, false];
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let grown = rule.select(&layer, &Vacancies::new(&w, &removed), 2, &mut rng);
+        let grown = rule.select(&layer, &Vacancies::new(&w, &[false, false]), 2, &mut rng);
         // Stored (0,0) and (1,1) are not candidates despite |m| = 9.
         assert_eq!(grown, vec![(0, 1), (1, 2)]);
+    }
+
+    #[test]
+    fn gradient_growth_picks_the_largest_missing_gradient() {
+        // dY·Xᵀ with dY = [[1], [2]], X = [[3], [-1], [0.5]] → [[3, -1, 0.5], [6, -2, 1]].
+        let w = SparseMatrix::from_dense(array![[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]].view());
+        let factors = [GradientFactors {
+            output_grad: array![[1.0], [2.0]],
+            input: array![[3.0], [-1.0], [0.5]],
+        }];
+        let layer = LayerView {
+            gradient: &factors,
+            ..view(&w)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let grown = GradientGrowth.select(&layer, &Vacancies::new(&w, &[false]), 2, &mut rng);
+        // (1,0) has the largest |g| = 6 but is stored; next are 3 at (0,0) and 2 at (1,1).
+        assert_eq!(grown, vec![(0, 0), (1, 1)]);
+    }
+
+    #[test]
+    fn gradient_growth_handles_more_rows_than_a_tile() {
+        let rows = 3 * GRADIENT_TILE_ROWS + 5;
+        let w = SparseMatrix::zeros(rows, 2);
+        let dy = Array2::from_shape_fn((rows, 1), |(r, _)| r as f32);
+        let factors = [GradientFactors {
+            output_grad: dy,
+            input: array![[1.0], [-0.5]],
+        }];
+        let layer = LayerView {
+            gradient: &factors,
+            ..view(&w)
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let grown = GradientGrowth.select(&layer, &Vacancies::new(&w, &[]), 3, &mut rng);
+        assert_eq!(grown, vec![(rows - 3, 0), (rows - 2, 0), (rows - 1, 0)]);
+    }
+
+    #[test]
+    fn random_growth_picks_distinct_free_positions() {
+        let w = SparseMatrix::from_dense(array![[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]].view());
+        let removed = [true, false, false];
+        let vacancies = Vacancies::new(&w, &removed);
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for count in [0, 1, 3, 6] {
+            let grown = RandomGrowth.select(&view(&w), &vacancies, count, &mut rng);
+            assert_eq!(grown.len(), count);
+            let mut unique = grown.clone();
+            unique.dedup();
+            assert_eq!(unique.len(), count, "distinct");
+            assert!(
+                grown.iter().all(|&(r, c)| vacancies.is_free(r, c)),
+                "free: {grown:?}"
+            );
+        }
     }
 
     #[test]

@@ -14,12 +14,15 @@
 //!    [`GrowthRule`] (largest momentum of missing weights); new weights start at 0.
 //! 5. **Rebuild** each CSR matrix and remap its momentum buffer.
 //!
-//! The controller is [`SparseLearning`]; a method is a [`Rules`] value.
+//! The controller is [`SparseLearning`]; a method is a [`Rules`] value, and
+//! the published methods (sparse momentum, SET, RigL, static) are [`Method`]
+//! presets. [`layer_counts`] decides the initial size of every layer.
 
 pub mod apportion;
 pub mod controller;
 pub mod distribution;
 pub mod grow;
+pub mod methods;
 pub mod prune;
 pub mod redistribute;
 pub mod rules;
@@ -28,11 +31,17 @@ mod window;
 
 pub use apportion::apportion;
 pub use controller::{
-    LayerUpdate, MaskUpdate, Rules, RunLength, SparseLearning, SparseLearningConfig,
+    LayerUpdate, MaskUpdate, RegrownMomentum, RegrownWeight, Regrowth, Rules, RunLength,
+    SparseLearning, SparseLearningConfig,
 };
-pub use distribution::{check_density, uniform_counts};
-pub use grow::MomentumGrowth;
-pub use prune::MagnitudePrune;
-pub use redistribute::MomentumRedistribution;
-pub use rules::{GrowthRule, LayerView, MomentumWindow, PruneRule, Redistribution, Vacancies};
+pub use distribution::{Distribution, LayerShape, check_density, layer_counts};
+pub use grow::{GradientGrowth, MomentumGrowth, RandomGrowth};
+pub use methods::{GrowthChoice, MaskUpdates, Method, PruneChoice, RedistributionChoice};
+pub use prune::{GlobalMagnitudePrune, MagnitudePrune, SignedMagnitudePrune};
+pub use redistribute::{
+    MagnitudeRedistribution, MomentumRedistribution, NoRedistribution, NonzeroRedistribution,
+};
+pub use rules::{
+    GrowthRule, GrowthSignal, LayerView, MomentumWindow, PruneRule, Redistribution, Vacancies,
+};
 pub use schedule::{PruneRateSchedule, UpdateSchedule};

@@ -2,17 +2,26 @@
 //!
 //! A sparse-learning method is a choice of one rule per decision:
 //!
-//! | decision | trait | sparse momentum |
-//! |---|---|---|
-//! | which weights die | [`PruneRule`] | smallest magnitude ([`super::MagnitudePrune`]) |
-//! | how many each layer regrows | [`Redistribution`] | mean momentum ([`super::MomentumRedistribution`]) |
-//! | where they regrow | [`GrowthRule`] | largest momentum ([`super::MomentumGrowth`]) |
+//! | decision | trait | sparse momentum | SET | RigL |
+//! |---|---|---|---|---|
+//! | which weights die | [`PruneRule`] | [`MagnitudePrune`] | [`SignedMagnitudePrune`] | [`MagnitudePrune`] |
+//! | how many each layer regrows | [`Redistribution`] | [`MomentumRedistribution`] | [`NoRedistribution`] | [`NoRedistribution`] |
+//! | where they regrow | [`GrowthRule`] | [`MomentumGrowth`] | [`RandomGrowth`] | [`GradientGrowth`] |
 //!
 //! A new rule is a struct and one method; see `examples/custom_growth_rule.rs`.
+//!
+//! [`MagnitudePrune`]: super::MagnitudePrune
+//! [`SignedMagnitudePrune`]: super::SignedMagnitudePrune
+//! [`MomentumRedistribution`]: super::MomentumRedistribution
+//! [`NoRedistribution`]: super::NoRedistribution
+//! [`MomentumGrowth`]: super::MomentumGrowth
+//! [`RandomGrowth`]: super::RandomGrowth
+//! [`GradientGrowth`]: super::GradientGrowth
 
 use ndarray::ArrayView2;
 use rand::rngs::ChaCha8Rng;
 
+use crate::autograd::GradientFactors;
 use crate::sparse::SparseMatrix;
 
 /// What a rule may look at for one sparse layer.
@@ -25,8 +34,11 @@ pub struct LayerView<'a> {
     /// The optimizer's momentum of each stored weight, aligned with `weights.values()`.
     pub momentum: &'a [f32],
     /// The momentum of *every* position, stored or missing (`rows × cols`), if
-    /// the growth rule asked for it (see [`GrowthRule::momentum_window`]).
+    /// the growth rule asked for it ([`GrowthSignal::DenseMomentum`]).
     pub dense_momentum: Option<ArrayView2<'a, f32>>,
+    /// The factors of the last step's full gradient `dY·Xᵀ`, if the growth
+    /// rule asked for them ([`GrowthSignal::Gradient`]); empty otherwise.
+    pub gradient: &'a [GradientFactors],
 }
 
 /// The positions of a layer that are free for growth: missing before the
@@ -66,21 +78,32 @@ impl<'a> Vacancies<'a> {
 
     /// Calls `f(row, col)` for every free position, row by row, columns ascending.
     pub fn for_each(&self, mut f: impl FnMut(usize, usize)) {
-        let (rows, cols) = self.weights.shape();
-        for r in 0..rows {
-            let first = self.weights.indptr()[r];
-            let (stored, _) = self.weights.row(r);
-            let mut next = stored.iter().enumerate().peekable();
-            for c in 0..cols {
-                match next.peek() {
-                    Some(&(i, &sc)) if sc == c => {
-                        next.next();
-                        if self.removed[first + i] {
-                            f(r, c);
-                        }
+        for r in 0..self.weights.rows() {
+            self.for_each_in_row(r, |c| f(r, c));
+        }
+    }
+
+    /// The free columns of row `row`, ascending.
+    pub fn columns_in_row(&self, row: usize) -> Vec<usize> {
+        let mut columns = Vec::new();
+        self.for_each_in_row(row, |c| columns.push(c));
+        columns
+    }
+
+    /// Calls `f(col)` for every free position of row `row`, columns ascending.
+    pub fn for_each_in_row(&self, row: usize, mut f: impl FnMut(usize)) {
+        let first = self.weights.indptr()[row];
+        let (stored, _) = self.weights.row(row);
+        let mut next = stored.iter().enumerate().peekable();
+        for c in 0..self.weights.cols() {
+            match next.peek() {
+                Some(&(i, &sc)) if sc == c => {
+                    next.next();
+                    if self.removed[first + i] {
+                        f(c);
                     }
-                    _ => f(r, c),
                 }
+                _ => f(c),
             }
         }
     }
@@ -91,12 +114,30 @@ pub trait PruneRule: Send + Sync {
     /// Exactly `count` distinct value positions (indices into
     /// `layer.weights.values()`); `count` never exceeds the layer's nnz.
     fn select(&self, layer: &LayerView, count: usize) -> Vec<usize>;
+
+    /// The removals of every layer at once, `counts[i]` of layer `i` in all.
+    /// Per-layer rules keep this default; a rule that compares weights across
+    /// layers (one global threshold) overrides it and may move counts between
+    /// layers, as long as the total is `Σ counts`.
+    fn select_all(&self, layers: &[LayerView], counts: &[usize]) -> Vec<Vec<usize>> {
+        layers
+            .iter()
+            .zip(counts)
+            .map(|(layer, &count)| self.select(layer, count))
+            .collect()
+    }
 }
 
 /// Scores layers; each regrows a share of the pruned weights proportional to its score.
 pub trait Redistribution: Send + Sync {
     /// A non-negative score; a layer with no stored weights may score 0.
     fn score(&self, layer: &LayerView) -> f64;
+
+    /// True for "no redistribution": every layer regrows exactly what it
+    /// lost, and scores are ignored.
+    fn keeps_layer_counts(&self) -> bool {
+        false
+    }
 }
 
 /// How much history of missing weights' gradients a growth rule needs.
@@ -108,11 +149,25 @@ pub enum MomentumWindow {
     EveryStep,
 }
 
+/// What a growth rule reads about the positions that are missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GrowthSignal {
+    /// Nothing (random growth, or rules that only look at the stored weights).
+    #[default]
+    None,
+    /// The SGD momentum of every position ([`LayerView::dense_momentum`]).
+    DenseMomentum(MomentumWindow),
+    /// The full gradient of the update's last step, as factors
+    /// ([`LayerView::gradient`]).
+    Gradient,
+}
+
 /// Chooses where a layer regrows weights.
 pub trait GrowthRule: Send + Sync {
-    /// The dense momentum this rule reads from [`LayerView::dense_momentum`],
-    /// or `None` if it needs none.
-    fn momentum_window(&self) -> Option<MomentumWindow>;
+    /// What this rule reads; the controller collects it before each update.
+    fn signal(&self) -> GrowthSignal {
+        GrowthSignal::None
+    }
 
     /// Exactly `count` distinct free positions `(row, col)`; `count` never
     /// exceeds `vacancies.count()`.

@@ -1,0 +1,322 @@
+//! Command-line flags and how they become a [`TrainConfig`].
+
+use std::path::PathBuf;
+
+use clap::Args;
+use sparsetrain::nn::WeightInit;
+use sparsetrain::sparsity::{
+    Distribution, GrowthChoice, MaskUpdates, Method, MomentumWindow, PruneChoice,
+    PruneRateSchedule, RedistributionChoice, RegrownMomentum, RegrownWeight,
+};
+use sparsetrain::train::{SparseSettings, TrainConfig};
+
+/// A CLI error: the message is printed after `error: `.
+pub type CliError = Box<dyn std::error::Error>;
+
+/// Flags every command takes.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Directory with the four MNIST-format IDX files (raw or .gz).
+    #[arg(long, default_value = "data", value_name = "DIR")]
+    pub data: PathBuf,
+    /// Worker threads (default: one per core). Results are identical for any count.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Also print the result as one JSON object on its own line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What to train and how.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Passes over the training set.
+    #[arg(long, default_value_t = 100)]
+    pub epochs: usize,
+    /// Fraction of all weights kept, in (0, 1].
+    #[arg(long, default_value_t = 0.05)]
+    pub density: f64,
+    /// Train every weight dense (no sparsity, no mask updates).
+    #[arg(long, conflicts_with_all = ["density", "method"])]
+    pub dense: bool,
+    /// Sparse-learning method: sparse-momentum, set, rigl or static; each
+    /// brings its published defaults, which the flags below override.
+    #[arg(long, default_value_t = Method::SparseMomentum)]
+    pub method: Method,
+    /// How the density is shared among layers: uniform, er (Erdős–Rényi) or erk
+    /// [default: the method's].
+    #[arg(long)]
+    pub distribution: Option<Distribution>,
+    /// Give a layer a density of its own, e.g. `fc1.weight=1` keeps it dense
+    /// (repeat for several layers); the others share what is left.
+    #[arg(long = "layer-density", value_name = "NAME=D", value_parser = parse_layer_density)]
+    pub layer_densities: Vec<(String, f64)>,
+    /// Pruning rule: magnitude, global-magnitude or set.
+    #[arg(long)]
+    pub prune: Option<PruneChoice>,
+    /// Growth rule: momentum, gradient or random.
+    #[arg(long)]
+    pub growth: Option<GrowthChoice>,
+    /// Redistribution rule: momentum, magnitude, nonzero or none.
+    #[arg(long)]
+    pub redistribution: Option<RedistributionChoice>,
+    /// Fraction of a layer's weights pruned at the first update.
+    #[arg(long)]
+    pub prune_rate: Option<f64>,
+    /// How the prune rate changes: cosine, linear or constant.
+    #[arg(long, value_name = "cosine|linear|constant")]
+    pub prune_schedule: Option<String>,
+    /// The prune rate at the end of training, for cosine and linear schedules.
+    #[arg(long)]
+    pub prune_rate_floor: Option<f64>,
+    /// Update the masks every N steps, or at the end of every epoch.
+    #[arg(long, value_name = "STEPS|epoch")]
+    pub update_every: Option<String>,
+    /// Freeze the masks after this fraction of training, in (0, 1].
+    #[arg(long, value_name = "FRACTION")]
+    pub stop_updates_after: Option<f64>,
+    /// Value of grown weights: zero, or init (drawn like the initial weights, as original SET).
+    #[arg(long, value_name = "zero|init")]
+    pub regrow_weights: Option<String>,
+    /// Momentum of grown weights: estimate (the momentum that selected them) or zero.
+    #[arg(long, value_name = "estimate|zero")]
+    pub regrow_momentum: Option<String>,
+    /// Steps of dense momentum kept before each update for momentum growth, or
+    /// `exact` for every step [default: until the momentum forgets 99 %: 44].
+    #[arg(long, value_name = "STEPS|exact")]
+    pub momentum_window: Option<String>,
+    /// Initial learning rate (multiplied by 0.1 every 25 000 steps).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f32,
+    /// Samples per step.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Seed for initialisation, shuffling and randomised rules.
+    #[arg(long, default_value_t = 17)]
+    pub seed: u64,
+    /// Initial weight scale: `sparse-fan-in` (±1/√(density·fan_in)) or `reference` (±1/√fan_in).
+    #[arg(long, default_value_t = WeightInit::default())]
+    pub init: WeightInit,
+    /// Fraction of the training file held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    pub validation_fraction: f64,
+    /// Train on the first N training samples only (quick runs).
+    #[arg(long, value_name = "N")]
+    pub train_samples: Option<usize>,
+    /// Print every layer's counts at each mask update.
+    #[arg(long)]
+    pub verbose: bool,
+}
+
+impl TrainArgs {
+    /// The training configuration these flags describe.
+    pub fn config(&self) -> Result<TrainConfig, CliError> {
+        let sparse = if self.dense {
+            None
+        } else {
+            Some(self.sparse_settings()?)
+        };
+        let config = TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            lr: self.lr,
+            seed: self.seed,
+            validation_fraction: self.validation_fraction,
+            train_samples: self.train_samples,
+            init: self.init,
+            threads: self.common.threads,
+            sparse,
+            ..TrainConfig::default()
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn sparse_settings(&self) -> Result<SparseSettings, CliError> {
+        let mut settings = SparseSettings::method(self.method, self.density);
+        if let Some(distribution) = self.distribution {
+            settings.distribution = distribution;
+        }
+        settings.layer_densities = self.layer_densities.clone();
+        match &mut settings.updates {
+            Some(updates) => self.override_updates(updates)?,
+            None => {
+                if let Some(flag) = self.update_flags().into_iter().find(|(_, given)| *given) {
+                    return Err(format!(
+                        "--{} has no effect with --method static, whose masks never change",
+                        flag.0
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(settings)
+    }
+
+    /// The mask-update flags, and whether each was given.
+    fn update_flags(&self) -> [(&'static str, bool); 11] {
+        [
+            ("prune", self.prune.is_some()),
+            ("growth", self.growth.is_some()),
+            ("redistribution", self.redistribution.is_some()),
+            ("prune-rate", self.prune_rate.is_some()),
+            ("prune-schedule", self.prune_schedule.is_some()),
+            ("prune-rate-floor", self.prune_rate_floor.is_some()),
+            ("update-every", self.update_every.is_some()),
+            ("stop-updates-after", self.stop_updates_after.is_some()),
+            ("regrow-weights", self.regrow_weights.is_some()),
+            ("regrow-momentum", self.regrow_momentum.is_some()),
+            ("momentum-window", self.momentum_window.is_some()),
+        ]
+    }
+
+    fn override_updates(&self, updates: &mut MaskUpdates) -> Result<(), CliError> {
+        updates.prune = self.prune.unwrap_or(updates.prune);
+        updates.growth = self.growth.unwrap_or(updates.growth);
+        updates.redistribution = self.redistribution.unwrap_or(updates.redistribution);
+        updates.prune_rate = self.prune_rate.unwrap_or(updates.prune_rate);
+        if let Some(schedule) = &self.prune_schedule {
+            let floor = match updates.schedule {
+                PruneRateSchedule::Cosine { floor } | PruneRateSchedule::Linear { floor } => floor,
+                PruneRateSchedule::Constant => 0.0,
+            };
+            updates.schedule = match schedule.as_str() {
+                "cosine" => PruneRateSchedule::Cosine { floor },
+                "linear" => PruneRateSchedule::Linear { floor },
+                "constant" => PruneRateSchedule::Constant,
+                other => {
+                    return Err(invalid(
+                        "prune-schedule",
+                        other,
+                        "cosine, linear or constant",
+                    ));
+                }
+            };
+        }
+        if let Some(new_floor) = self.prune_rate_floor {
+            match &mut updates.schedule {
+                PruneRateSchedule::Cosine { floor } | PruneRateSchedule::Linear { floor } => {
+                    *floor = new_floor
+                }
+                PruneRateSchedule::Constant => {
+                    return Err(
+                        "--prune-rate-floor needs a cosine or linear --prune-schedule".into(),
+                    );
+                }
+            }
+        }
+        if let Some(every) = &self.update_every {
+            updates.update_every =
+                match every.as_str() {
+                    "epoch" => None,
+                    steps => Some(steps.parse().map_err(|_| {
+                        invalid("update-every", steps, "a number of steps or `epoch`")
+                    })?),
+                };
+        }
+        if self.stop_updates_after.is_some() {
+            updates.stop_after = self.stop_updates_after;
+        }
+        if let Some(weights) = &self.regrow_weights {
+            updates.regrowth.weight = match weights.as_str() {
+                "zero" => RegrownWeight::Zero,
+                "init" => RegrownWeight::Init(self.init),
+                other => return Err(invalid("regrow-weights", other, "zero or init")),
+            };
+        }
+        if let Some(momentum) = &self.regrow_momentum {
+            updates.regrowth.momentum = match momentum.as_str() {
+                "estimate" => RegrownMomentum::Estimate,
+                "zero" => RegrownMomentum::Zero,
+                other => return Err(invalid("regrow-momentum", other, "estimate or zero")),
+            };
+        }
+        if let Some(window) = &self.momentum_window {
+            updates.momentum_window = Some(match window.as_str() {
+                "exact" => MomentumWindow::EveryStep,
+                steps => MomentumWindow::LastSteps(steps.parse().map_err(|_| {
+                    invalid("momentum-window", steps, "a number of steps or `exact`")
+                })?),
+            });
+        }
+        Ok(())
+    }
+
+    /// A one-line description of the sparse-learning setup, for the banner.
+    pub fn describe(&self, config: &TrainConfig) -> String {
+        let Some(sparse) = &config.sparse else {
+            return "dense".into();
+        };
+        let mut text = format!("{} · {} distribution", self.method, sparse.distribution);
+        if let Some(u) = &sparse.updates {
+            let schedule = match u.schedule {
+                PruneRateSchedule::Cosine { floor } => format!("cosine to {floor}"),
+                PruneRateSchedule::Linear { floor } => format!("linear to {floor}"),
+                PruneRateSchedule::Constant => "constant".into(),
+            };
+            let every = u
+                .update_every
+                .map_or("every epoch".to_string(), |n| format!("every {n} steps"));
+            let stop = u.stop_after.map_or(String::new(), |f| {
+                format!(" until {:.0} % of training", 100.0 * f)
+            });
+            text += &format!(
+                " · prune {} · redistribute {} · grow {} · prune rate {} ({schedule}) · updates {every}{stop}",
+                u.prune, u.redistribution, u.growth, u.prune_rate
+            );
+        }
+        text
+    }
+}
+
+fn invalid(setting: &str, value: &str, expected: &str) -> CliError {
+    format!("invalid setting `{setting}`: `{value}` is not {expected}").into()
+}
+
+/// Parses `NAME=DENSITY`.
+fn parse_layer_density(text: &str) -> Result<(String, f64), String> {
+    let (name, density) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not NAME=DENSITY (e.g. fc1.weight=1)"))?;
+    let density = density
+        .parse()
+        .map_err(|_| format!("`{density}` in `{text}` is not a number"))?;
+    Ok((name.to_string(), density))
+}
+
+/// Timing of epochs and kernels.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Densities to compare with the dense model.
+    #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05")]
+    pub densities: Vec<f64>,
+    /// Measured epochs per configuration (interleaved).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Batch size for the epochs and the kernels.
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    /// Samples per kernel timing (medians are reported).
+    #[arg(long, default_value_t = 15)]
+    pub samples: usize,
+    /// Skip the epoch timings (kernels only).
+    #[arg(long)]
+    pub kernels_only: bool,
+}
+
+/// Several seeds of one configuration.
+#[derive(Debug, Args)]
+pub struct SeedsArgs {
+    #[command(flatten)]
+    pub train: TrainArgs,
+    /// How many seeds: `--seed`, `--seed + 1`, …
+    #[arg(long, default_value_t = 3)]
+    pub seeds: usize,
+    /// Directory for the CSV and JSON tables.
+    #[arg(long, default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+}

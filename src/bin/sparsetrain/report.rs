@@ -1,0 +1,198 @@
+//! What the CLI prints: the banner, progress, epoch lines, summaries.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sparsetrain::sparsity::MaskUpdate;
+use sparsetrain::train::{EpochStats, Observer, StepProgress, TrainSummary, Trainer};
+
+use crate::args::TrainArgs;
+
+/// Prints the model, its layers and the run's settings.
+pub fn print_banner(trainer: &Trainer, args: &TrainArgs) {
+    let config = trainer.config();
+    let data = trainer.data();
+    let widths: Vec<String> = config.widths.iter().map(usize::to_string).collect();
+    println!(
+        "sparsetrain {} · LeNet-300-100 ({}) · data {}",
+        env!("CARGO_PKG_VERSION"),
+        widths.join("-"),
+        args.common.data.display()
+    );
+    println!("  {}", args.describe(config));
+    println!(
+        "  {:<12} {:>9} {:>9} {:>8}",
+        "layer", "shape", "nnz", "density"
+    );
+    let (mut nnz, mut total) = (0, 0);
+    for layer in trainer.layers() {
+        let size = layer.shape.0 * layer.shape.1;
+        nnz += layer.nnz;
+        total += size;
+        println!(
+            "  {:<12} {:>9} {:>9} {:>7.2}%{}",
+            layer.name,
+            format!("{}×{}", layer.shape.0, layer.shape.1),
+            layer.nnz,
+            100.0 * layer.nnz as f64 / size as f64,
+            if layer.sparse { "" } else { "  (stored dense)" }
+        );
+    }
+    println!(
+        "  {:<12} {:>9} {:>9} {:>7.2}%  (biases dense)",
+        "total",
+        total,
+        nnz,
+        100.0 * nnz as f64 / total as f64
+    );
+    println!(
+        "  samples: train {} · validation {} · test {}; batch {}, {} epochs, lr {} (×{} every {} steps), seed {}, threads {}",
+        data.train.len(),
+        data.validation.len(),
+        data.test.len(),
+        config.batch_size,
+        config.epochs,
+        config.lr,
+        config.lr_decay_factor,
+        config.lr_decay_steps,
+        config.seed,
+        trainer.threads()
+    );
+}
+
+/// Shows progress: a bar on a terminal, a line per quarter epoch otherwise
+/// (so CI logs stay readable), one line per epoch either way.
+pub struct ProgressPrinter {
+    bar: Option<ProgressBar>,
+    verbose: bool,
+    quiet: bool,
+}
+
+impl ProgressPrinter {
+    /// `verbose`: per-layer lines at each mask update; `quiet`: no per-epoch lines.
+    pub fn new(verbose: bool, quiet: bool) -> Self {
+        ProgressPrinter {
+            bar: None,
+            verbose,
+            quiet,
+        }
+    }
+
+    fn println(&self, line: String) {
+        match &self.bar {
+            Some(bar) => bar.println(line),
+            None => println!("{line}"),
+        }
+    }
+
+    /// Removes the progress bar.
+    pub fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Observer for ProgressPrinter {
+    fn on_step(&mut self, p: &StepProgress) {
+        if std::io::stderr().is_terminal() {
+            let bar = self.bar.get_or_insert_with(|| {
+                let bar = ProgressBar::new(p.steps_in_epoch as u64);
+                bar.set_style(
+                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps · {msg} · {per_sec} · eta {eta}")
+                        .expect("the template is valid")
+                        .progress_chars("=> "),
+                );
+                bar.enable_steady_tick(Duration::from_millis(200));
+                bar
+            });
+            if p.step == 1 {
+                bar.reset();
+                bar.set_length(p.steps_in_epoch as u64);
+                bar.set_prefix(p.epoch.to_string());
+            }
+            bar.set_position(p.step as u64);
+            bar.set_message(format!("loss {:.4}", p.loss));
+        } else if !self.quiet {
+            let quarter = p.steps_in_epoch.div_ceil(4);
+            if p.step.is_multiple_of(quarter) && p.step < p.steps_in_epoch {
+                println!(
+                    "  epoch {} · step {}/{} · loss {:.4}",
+                    p.epoch, p.step, p.steps_in_epoch, p.loss
+                );
+            }
+        }
+    }
+
+    fn on_mask_update(&mut self, update: &MaskUpdate) {
+        if !self.verbose {
+            return;
+        }
+        self.println(format!(
+            "  mask update after step {} · prune rate {:.4}",
+            update.step, update.prune_rate
+        ));
+        for l in &update.layers {
+            self.println(format!(
+                "    {:<12} nnz {:>7} → {:>7} ({:>6.2}%) · removed {:>6} · regrown {:>6} · share {:.3}",
+                l.name,
+                l.nnz_before,
+                l.nnz_after,
+                100.0 * l.nnz_after as f64 / l.size as f64,
+                l.removed,
+                l.regrown,
+                l.share
+            ));
+        }
+    }
+
+    fn on_epoch(&mut self, s: &EpochStats) {
+        if self.quiet {
+            return;
+        }
+        let validation = s
+            .validation_accuracy
+            .map_or("-".to_string(), |v| format!("{:.2}%", 100.0 * v));
+        self.println(format!(
+            "epoch {:>3} · loss {:.4} · train {:.2}% · val {} · test {:.2}% · density {:.2}% · {:.0} samples/s · {:.2} s",
+            s.epoch,
+            s.train_loss,
+            100.0 * s.train_accuracy,
+            validation,
+            100.0 * s.test_accuracy,
+            100.0 * s.density,
+            s.samples_per_second,
+            s.seconds
+        ));
+    }
+}
+
+/// The one-line result of a run.
+pub fn print_summary(s: &TrainSummary) {
+    println!(
+        "done · test accuracy {:.2}% · test error {:.2}% · {} epochs · density {:.2}% · {:.1} s",
+        100.0 * s.test_accuracy,
+        100.0 * s.test_error,
+        s.epochs,
+        100.0 * s.density,
+        s.seconds
+    );
+}
+
+/// The run's result as one JSON object (what `--json` prints).
+pub fn summary_json(s: &TrainSummary) -> serde_json::Value {
+    let layer_nnz: serde_json::Map<String, serde_json::Value> = s
+        .layers
+        .iter()
+        .map(|l| (l.name.clone(), l.nnz.into()))
+        .collect();
+    serde_json::json!({
+        "test_accuracy": s.test_accuracy,
+        "test_error": s.test_error,
+        "epochs": s.epochs,
+        "seconds": s.seconds,
+        "density": s.density,
+        "layer_nnz": layer_nnz,
+    })
+}
