@@ -60,10 +60,10 @@ pub fn time_epochs(
         })
         .collect::<Result<Vec<_>>>()?;
     let mut seconds = vec![Vec::with_capacity(rounds); configs.len()];
-    for round in 1..=rounds {
+    for _ in 0..rounds {
         for (trainer, times) in trainers.iter_mut().zip(&mut seconds) {
             let start = Instant::now();
-            trainer.train_epoch_unevaluated(round, &mut ())?;
+            trainer.train_epoch_unevaluated(&mut ())?;
             times.push(start.elapsed().as_secs_f64());
         }
     }

@@ -76,6 +76,15 @@ pub enum Error {
         step: usize,
     },
 
+    /// A plot could not be drawn or written.
+    #[error("{}: cannot draw the plot: {problem}", path.display())]
+    Plot {
+        /// The image being written.
+        path: PathBuf,
+        /// What the drawing library reported.
+        problem: String,
+    },
+
     /// A rule of the sparse-learning controller broke its contract.
     #[error("sparse learning, layer `{layer}`: {problem}")]
     SparseLearning {

@@ -40,6 +40,8 @@
 //! | [`optim`] | SGD and learning-rate schedules |
 //! | [`sparsity`] | the sparse-learning controller and its rules |
 //! | [`train`] | the training loop |
+//! | [`checkpoint`] | saving and resuming runs (safetensors) |
+//! | [`runlog`], [`plot`] | a run's metrics and its pictures |
 //! | [`stats`] | summaries of repeated runs |
 //! | [`bench`] | epoch and kernel timings for the CLI's `bench` command |
 
@@ -48,12 +50,15 @@ mod choices;
 
 pub mod autograd;
 pub mod bench;
+pub mod checkpoint;
 pub mod data;
 pub mod dense;
 pub mod error;
 pub mod nn;
 pub mod optim;
 pub mod params;
+pub mod plot;
+pub mod runlog;
 pub mod sparse;
 pub mod sparsity;
 pub mod stats;
@@ -64,6 +69,7 @@ pub use error::{Error, Result};
 /// The names most programs need.
 pub mod prelude {
     pub use crate::autograd::{Gradients, Tape, Var};
+    pub use crate::checkpoint::Checkpoint;
     pub use crate::data::{Dataset, Mnist, Splits};
     pub use crate::error::{Error, Result};
     pub use crate::nn::{Linear, Mlp, Model, WeightInit, WeightKind};

@@ -4,6 +4,7 @@
 //! sparse-learning controller. It reports through an [`Observer`] and never
 //! prints: the CLI decides what to show.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use rand::rngs::ChaCha8Rng;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::autograd::{Gradients, Tape};
+use crate::checkpoint::{Checkpoint, Contents, restore_params};
 use crate::data::{Batch, Dataset, Splits, epoch_order};
 use crate::error::{Error, Result};
 use crate::nn::{LENET_300_100, Mlp, Model, WeightInit, WeightKind};
@@ -24,7 +26,7 @@ use crate::sparsity::{
 
 /// Everything that defines a training run. [`Default`] is the reference
 /// library's MNIST setup: LeNet-300-100 at 5 % density, 100 epochs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
     /// Layer widths, input first (`[784, 300, 100, 10]`).
     pub widths: Vec<usize>,
@@ -60,7 +62,7 @@ pub struct TrainConfig {
 
 /// How a sparse run is sparse: how many weights each layer starts with and
 /// how the masks change. [`SparseSettings::method`] builds a published method.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SparseSettings {
     /// Overall fraction of weights kept, over all weight matrices, in (0, 1].
     pub density: f64,
@@ -176,7 +178,7 @@ pub struct StepProgress {
 }
 
 /// Accuracy and loss on one dataset.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Evaluation {
     /// Fraction classified correctly.
     pub accuracy: f64,
@@ -184,13 +186,31 @@ pub struct Evaluation {
     pub loss: f64,
     /// Number of samples.
     pub samples: usize,
+    /// `confusion[true class][predicted class]`: how many samples.
+    pub confusion: Vec<Vec<usize>>,
+}
+
+impl Evaluation {
+    /// Accuracy on the samples of each class (`None` for a class with no samples).
+    pub fn class_accuracy(&self) -> Vec<Option<f64>> {
+        self.confusion
+            .iter()
+            .enumerate()
+            .map(|(class, row)| {
+                let total: usize = row.iter().sum();
+                (total > 0).then(|| row[class] as f64 / total as f64)
+            })
+            .collect()
+    }
 }
 
 /// What one epoch did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpochStats {
     /// 1-based epoch.
     pub epoch: usize,
+    /// Optimizer steps done by the end of the epoch.
+    pub steps_done: usize,
     /// Mean training loss over the epoch's steps.
     pub train_loss: f64,
     /// Training accuracy over the epoch (on the fly, as the weights changed).
@@ -201,16 +221,20 @@ pub struct EpochStats {
     pub test_accuracy: f64,
     /// Stored weights over all weights of the weight matrices (1 for a dense run).
     pub density: f64,
+    /// Every weight matrix after the epoch (and its mask update).
+    pub layers: Vec<LayerInfo>,
     /// Training samples per second (training steps and mask updates only).
     pub samples_per_second: f64,
     /// Seconds of training and mask updates (evaluation excluded).
     pub seconds: f64,
-    /// The mask updates of this epoch (by default one, at its end, after evaluation).
+    /// The mask updates of this epoch (by default one, at its end, after
+    /// evaluation); run logs record them as lines of their own.
+    #[serde(skip)]
     pub mask_updates: Vec<MaskUpdate>,
 }
 
 /// A weight matrix's size and how much of it is stored.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerInfo {
     /// Parameter name.
     pub name: String,
@@ -268,6 +292,7 @@ pub struct Trainer {
     schedule: StepLr,
     sparse: Option<SparseLearning>,
     steps_done: usize,
+    epochs_done: usize,
 }
 
 impl Trainer {
@@ -401,41 +426,55 @@ impl Trainer {
             model,
             sparse,
             steps_done: 0,
+            epochs_done: 0,
         })
     }
 
-    /// Trains for the configured epochs, evaluating after each, and returns the final test result.
+    /// Trains the remaining epochs (all of them, unless resumed), evaluating
+    /// after each, and returns the final test result.
     pub fn run(&mut self, observer: &mut (impl Observer + Send)) -> Result<TrainSummary> {
+        self.run_with(observer, |_, _| Ok(()))
+    }
+
+    /// [`Trainer::run`], calling `after_epoch` after every epoch (to save a
+    /// checkpoint, log metrics); an error from it stops the run.
+    pub fn run_with(
+        &mut self,
+        observer: &mut (impl Observer + Send),
+        mut after_epoch: impl FnMut(&Trainer, &EpochStats) -> Result<()>,
+    ) -> Result<TrainSummary> {
         let start = Instant::now();
-        let mut test_accuracy = 0.0;
-        for epoch in 1..=self.config.epochs {
-            let stats = self.train_epoch(epoch, observer)?;
-            test_accuracy = stats.test_accuracy;
+        let mut test_accuracy = None;
+        while self.epochs_done < self.config.epochs {
+            let stats = self.train_epoch(observer)?;
+            after_epoch(self, &stats)?;
+            test_accuracy = Some(stats.test_accuracy);
             observer.on_epoch(&stats);
         }
+        let test_accuracy = match test_accuracy {
+            Some(accuracy) => accuracy,
+            None => self.evaluate(&self.data.test)?.accuracy,
+        };
         Ok(TrainSummary {
             test_accuracy,
             test_error: 1.0 - test_accuracy,
-            epochs: self.config.epochs,
+            epochs: self.epochs_done,
             seconds: start.elapsed().as_secs_f64(),
             density: self.density(),
             layers: self.layers(),
         })
     }
 
-    /// One epoch: training steps, evaluation on the validation and test sets,
-    /// then the mask update that ends the epoch (if one is due).
+    /// The next epoch: training steps, evaluation on the validation and test
+    /// sets, then the mask update that ends the epoch (if one is due).
     ///
     /// Evaluating *before* the epoch-end update, as the reference library does,
     /// reports the network that was trained; right after an update its new
     /// weights are still zero.
-    pub fn train_epoch(
-        &mut self,
-        epoch: usize,
-        observer: &mut (impl Observer + Send),
-    ) -> Result<EpochStats> {
+    pub fn train_epoch(&mut self, observer: &mut (impl Observer + Send)) -> Result<EpochStats> {
         let pool = Arc::clone(&self.pool);
         pool.install(|| {
+            let epoch = self.epochs_done + 1;
             let start = Instant::now();
             let mut pass = self.train_steps(epoch, observer)?;
             let mut seconds = start.elapsed().as_secs_f64();
@@ -448,13 +487,16 @@ impl Trainer {
             let update_start = Instant::now();
             self.finish_pass(&mut pass, observer)?;
             seconds += update_start.elapsed().as_secs_f64();
+            self.epochs_done = epoch;
             Ok(EpochStats {
                 epoch,
+                steps_done: self.steps_done,
                 train_loss: pass.mean_loss(),
                 train_accuracy: pass.accuracy(),
                 validation_accuracy,
                 test_accuracy,
                 density: self.density(),
+                layers: self.layers(),
                 samples_per_second: pass.samples as f64 / seconds,
                 seconds,
                 mask_updates: pass.mask_updates,
@@ -462,17 +504,67 @@ impl Trainer {
         })
     }
 
-    /// One epoch without evaluation: what a benchmark of training times.
-    pub fn train_epoch_unevaluated(
-        &mut self,
-        epoch: usize,
-        observer: &mut (impl Observer + Send),
-    ) -> Result<()> {
+    /// The next epoch without evaluation: what a benchmark times.
+    pub fn train_epoch_unevaluated(&mut self, observer: &mut (impl Observer + Send)) -> Result<()> {
         let pool = Arc::clone(&self.pool);
         pool.install(|| {
+            let epoch = self.epochs_done + 1;
             let mut pass = self.train_steps(epoch, observer)?;
-            self.finish_pass(&mut pass, observer)
+            self.finish_pass(&mut pass, observer)?;
+            self.epochs_done = epoch;
+            Ok(())
         })
+    }
+
+    /// Saves everything needed to continue this run exactly, atomically (see
+    /// [`crate::checkpoint`]). Call it between epochs.
+    pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
+        let mut contents = Contents::default();
+        contents.add_params(&self.store);
+        let config =
+            serde_json::to_string(&self.config).expect("the configuration serialises to JSON");
+        let norm = self.data.normalization;
+        for (key, value) in [
+            ("config", config),
+            ("epochs_done", self.epochs_done.to_string()),
+            ("steps_done", self.steps_done.to_string()),
+            ("normalization_mean", norm.mean.to_string()),
+            ("normalization_std", norm.std.to_string()),
+        ] {
+            contents.metadata.insert(key.into(), value);
+        }
+        if let Some(sparse) = &self.sparse {
+            sparse.save_state(&mut contents);
+        }
+        contents.write(path)
+    }
+
+    /// Continues from `checkpoint`: parameters, structure, momentum, progress
+    /// and the sparse-learning state. The trainer must have been built for the
+    /// same model and data, normally from [`Checkpoint::config`]; the rest of
+    /// the run is then bit-identical to one that never stopped.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let norm = self.data.normalization;
+        let saved = (
+            checkpoint.metadata_number::<f32>("normalization_mean")?,
+            checkpoint.metadata_number::<f32>("normalization_std")?,
+        );
+        if saved != (norm.mean, norm.std) {
+            return Err(Error::BadFile {
+                path: checkpoint.path().to_path_buf(),
+                problem: format!(
+                    "the run was trained on other data (normalisation mean {} std {}, this data {} {})",
+                    saved.0, saved.1, norm.mean, norm.std
+                ),
+            });
+        }
+        restore_params(checkpoint, &mut self.store)?;
+        self.epochs_done = checkpoint.metadata_number("epochs_done")?;
+        self.steps_done = checkpoint.metadata_number("steps_done")?;
+        if let Some(sparse) = &mut self.sparse {
+            sparse.restore_state(checkpoint)?;
+        }
+        Ok(())
     }
 
     /// Applies the mask update due after the pass's last step, if any.
@@ -558,7 +650,11 @@ impl Trainer {
         }
         let x = tape.input(std::mem::take(&mut batch.inputs));
         let logits = self.model.forward(&mut tape, x)?;
-        let hits = count_correct(tape.value(logits), &batch.labels);
+        let hits = predictions(tape.value(logits))
+            .iter()
+            .zip(&batch.labels)
+            .filter(|(p, l)| p == l)
+            .count();
         let loss_var = tape.softmax_cross_entropy(logits, &batch.labels)?;
         let grads = tape.backward(loss_var)?;
         let loss = tape.value(loss_var)[(0, 0)];
@@ -575,22 +671,27 @@ impl Trainer {
         const EVAL_BATCH: usize = 1000;
         let order: Vec<usize> = (0..data.len()).collect();
         let mut batch = Batch::default();
-        let (mut correct, mut loss_sum) = (0usize, 0.0f64);
+        let mut confusion = vec![vec![0usize; data.num_classes()]; data.num_classes()];
+        let mut loss_sum = 0.0f64;
         for indices in order.chunks(EVAL_BATCH) {
             data.gather_batch(indices, &mut batch);
             let mut tape = Tape::new(&self.store);
             let x = tape.input(std::mem::take(&mut batch.inputs));
             let logits = self.model.forward(&mut tape, x)?;
-            correct += count_correct(tape.value(logits), &batch.labels);
+            for (&predicted, &label) in predictions(tape.value(logits)).iter().zip(&batch.labels) {
+                confusion[label][predicted] += 1;
+            }
             let loss = tape.softmax_cross_entropy(logits, &batch.labels)?;
             loss_sum += tape.value(loss)[(0, 0)] as f64 * indices.len() as f64;
             batch.inputs = tape.into_value(x);
         }
+        let correct: usize = (0..confusion.len()).map(|c| confusion[c][c]).sum();
         let samples = data.len().max(1);
         Ok(Evaluation {
             accuracy: correct as f64 / samples as f64,
             loss: loss_sum / samples as f64,
             samples: data.len(),
+            confusion,
         })
     }
 
@@ -644,6 +745,11 @@ impl Trainer {
         self.steps_done
     }
 
+    /// Epochs done so far.
+    pub fn epochs_done(&self) -> usize {
+        self.epochs_done
+    }
+
     /// The data splits.
     pub fn data(&self) -> &Splits {
         &self.data
@@ -672,9 +778,10 @@ impl Pass {
     }
 }
 
-/// How many columns of `logits` (`classes × batch`) have their maximum at the
-/// label. Walks the rows, which are contiguous; ties go to the lower class.
-fn count_correct(logits: &ndarray::Array2<f32>, labels: &[usize]) -> usize {
+/// The predicted class of every column of `logits` (`classes × batch`): where
+/// the column is largest, ties to the lower class. Walks the rows, which are
+/// contiguous.
+fn predictions(logits: &ndarray::Array2<f32>) -> Vec<usize> {
     let batch = logits.ncols();
     let mut best = vec![f32::NEG_INFINITY; batch];
     let mut predicted = vec![0usize; batch];
@@ -690,5 +797,5 @@ fn count_correct(logits: &ndarray::Array2<f32>, labels: &[usize]) -> usize {
             }
         }
     }
-    predicted.iter().zip(labels).filter(|(p, l)| p == l).count()
+    predicted
 }

@@ -216,3 +216,230 @@ fn a_short_run_prints_progress_and_a_json_summary() {
         .sum();
     assert_eq!(nnz, 13_310, "5 % of LeNet-300-100's 266 200 weights");
 }
+
+/// The binary run in a scratch directory, given the bundled data if the
+/// command reads data (`inspect` and `plot` only read a run).
+fn run_in(dir: &std::path::Path, args: &[&str]) -> Output {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+    let reads_data = !matches!(args.first(), Some(&"inspect") | Some(&"plot"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sparsetrain"));
+    command.args(args).current_dir(dir);
+    if reads_data {
+        command.args(["--data", data]);
+    }
+    command.output().expect("the binary runs")
+}
+
+fn succeeds(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_run_directory_holds_config_metrics_checkpoint_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    succeeds(&run_in(
+        dir.path(),
+        &["--epochs", "2", "--train-samples", "2000", "--run", "first"],
+    ));
+    let run = dir.path().join("runs/first");
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "checkpoint.safetensors",
+        "loss.png",
+        "loss.svg",
+        "accuracy.png",
+        "density.svg",
+        "connectivity.png",
+    ] {
+        assert!(run.join(file).is_file(), "{file} is missing");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"epoch\""))
+            .count(),
+        2
+    );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"kind\":\"mask_update\""))
+            .count(),
+        1
+    );
+
+    // The same name again gets a fresh directory: nothing is overwritten.
+    succeeds(&run_in(
+        dir.path(),
+        &[
+            "--epochs",
+            "1",
+            "--train-samples",
+            "500",
+            "--run",
+            "first",
+            "--no-plots",
+        ],
+    ));
+    assert!(
+        dir.path()
+            .join("runs/first-2/checkpoint.safetensors")
+            .is_file()
+    );
+    assert!(!dir.path().join("runs/first-2/loss.png").exists());
+
+    let inspect = succeeds(&run_in(dir.path(), &["inspect", "runs/first"]));
+    assert!(
+        inspect.contains("fc1.weight") && inspect.contains("after 2 epochs"),
+        "{inspect}"
+    );
+    let eval = succeeds(&run_in(dir.path(), &["eval", "--checkpoint", "runs/first"]));
+    assert!(
+        eval.contains("test accuracy") && eval.contains("confusion matrix"),
+        "{eval}"
+    );
+    let plot = succeeds(&run_in(dir.path(), &["plot", "runs/first"]));
+    assert!(plot.contains("connectivity.svg"), "{plot}");
+}
+
+#[test]
+fn the_saved_config_reproduces_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = succeeds(&run_in(
+        dir.path(),
+        &[
+            "--epochs",
+            "1",
+            "--train-samples",
+            "1000",
+            "--method",
+            "rigl",
+            "--density",
+            "0.1",
+            "--run",
+            "a",
+            "--json",
+            "--no-plots",
+        ],
+    ));
+    let again = succeeds(&run_in(
+        dir.path(),
+        &[
+            "--config",
+            "runs/a/config.toml",
+            "--run",
+            "b",
+            "--json",
+            "--no-plots",
+        ],
+    ));
+    let accuracy = |out: &str| -> f64 {
+        let json: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        json["test_accuracy"].as_f64().unwrap()
+    };
+    assert_eq!(
+        accuracy(&first),
+        accuracy(&again),
+        "same settings, same result"
+    );
+    let config = std::fs::read_to_string(dir.path().join("runs/b/config.toml")).unwrap();
+    assert!(
+        config.contains("method = \"rigl\"") && config.contains("density = 0.1"),
+        "{config}"
+    );
+    // Flags on the command line win over the file.
+    let overridden = succeeds(&run_in(
+        dir.path(),
+        &[
+            "--config",
+            "runs/a/config.toml",
+            "--density",
+            "0.2",
+            "--run",
+            "c",
+            "--no-plots",
+        ],
+    ));
+    assert!(overridden.contains("20.00%"), "{overridden}");
+}
+
+#[test]
+fn an_interrupted_run_resumes_from_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sparsetrain"))
+        .args([
+            "--epochs",
+            "6",
+            "--train-samples",
+            "5000",
+            "--run",
+            "long",
+            "--no-plots",
+            "--data",
+            data,
+        ])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = dir.path().join("runs/long/checkpoint.safetensors");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !checkpoint.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(checkpoint.exists(), "the first epoch wrote a checkpoint");
+
+    let resumed = succeeds(&run_in(
+        dir.path(),
+        &["--resume", "runs/long", "--no-plots"],
+    ));
+    let after: usize = resumed
+        .split("resumed after epoch ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in {resumed}"));
+    assert!(
+        (1..6).contains(&after),
+        "the kill interrupted the run (it resumed after epoch {after})"
+    );
+    assert!(resumed.contains("6 epochs"), "{resumed}");
+    let metrics = std::fs::read_to_string(dir.path().join("runs/long/metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = metrics
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["kind"] == "epoch")
+        .map(|r| r["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6], "every epoch logged once");
+}
+
+#[test]
+fn bad_run_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("broken.safetensors"),
+        b"definitely not safetensors",
+    )
+    .unwrap();
+    let out = run_in(dir.path(), &["inspect", "broken.safetensors"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.safetensors"));
+    let out = run_in(dir.path(), &["--resume", "runs/none"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("runs/none"));
+    let out = run_in(dir.path(), &["plot", "runs/none"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("metrics.jsonl")
+    );
+}

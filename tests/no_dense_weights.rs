@@ -85,7 +85,7 @@ fn trainer(sparse: Option<SparseSettings>) -> Trainer {
 fn sparse_training_steps_allocate_nothing_dense_sized() {
     let _turn = one_test_at_a_time();
     let mut sparse = trainer(Some(SparseSettings::default()));
-    let largest = largest_allocation_while(|| sparse.train_epoch_unevaluated(1, &mut ()).unwrap());
+    let largest = largest_allocation_while(|| sparse.train_epoch_unevaluated(&mut ()).unwrap());
     assert!(
         largest < DENSE_FC1_BYTES / 2,
         "largest allocation {largest} bytes, a dense fc1 is {DENSE_FC1_BYTES}"
@@ -97,7 +97,7 @@ fn the_check_sees_a_dense_model() {
     let _turn = one_test_at_a_time();
     // The same measurement on the dense model must see its dense gradient.
     let mut dense = trainer(None);
-    let largest = largest_allocation_while(|| dense.train_epoch_unevaluated(1, &mut ()).unwrap());
+    let largest = largest_allocation_while(|| dense.train_epoch_unevaluated(&mut ()).unwrap());
     assert!(
         largest >= DENSE_FC1_BYTES,
         "largest allocation {largest} bytes"

@@ -8,7 +8,8 @@
 /// with PyTorch (fixed masks, LeNet-300-100, lr 0.01, 2 %): 11 % accuracy after
 /// one epoch with [`WeightInit::Reference`], 48 % with [`WeightInit::SparseFanIn`].
 /// See the README's results for the default and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum WeightInit {
     /// The dense layer's PyTorch default, `bound = 1/√fan_in`, kept where the
     /// mask is — what the sparse-learning reference library does.

@@ -212,6 +212,29 @@ impl SparseMatrix {
         (&self.indices()[range.clone()], &self.values()[range])
     }
 
+    /// Rows without any stored entry: output neurons (or channels) cut off from every input.
+    pub fn empty_rows(&self) -> usize {
+        self.indptr().windows(2).filter(|w| w[0] == w[1]).count()
+    }
+
+    /// Columns without any stored entry: inputs no output reads.
+    pub fn empty_columns(&self) -> usize {
+        self.transpose
+            .col_ptr
+            .windows(2)
+            .filter(|w| w[0] == w[1])
+            .count()
+    }
+
+    /// The number of stored entries in each column (how many outputs read each input).
+    pub fn column_counts(&self) -> Vec<usize> {
+        self.transpose
+            .col_ptr
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect()
+    }
+
     /// The transposed index used by `Wᵀ·dY`.
     pub fn transpose_index(&self) -> &TransposeIndex {
         &self.transpose
@@ -358,6 +381,15 @@ mod tests {
             }
         }
         assert_eq!(t.col_ptr, vec![0, 1, 3, 5]);
+    }
+
+    #[test]
+    fn empty_rows_and_columns_are_counted() {
+        let m = SparseMatrix::from_dense(
+            array![[0.0, 1.0, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 3.0]].view(),
+        );
+        assert_eq!((m.empty_rows(), m.empty_columns()), (1, 1));
+        assert_eq!(m.column_counts(), vec![0, 2, 1]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use super::rules::{
 use super::schedule::{PruneRateSchedule, UpdateSchedule};
 use super::window::DenseMomentum;
 use crate::autograd::{GradientFactors, Gradients, Tape};
+use crate::checkpoint::{Checkpoint, Contents};
 use crate::error::{Error, Result};
 use crate::nn::WeightInit;
 use crate::params::{ParamId, ParamStore, ParamValue};
@@ -46,7 +47,7 @@ impl Default for SparseLearningConfig {
 }
 
 /// How a grown weight starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Regrowth {
     /// Its value.
     pub weight: RegrownWeight,
@@ -55,7 +56,8 @@ pub struct Regrowth {
 }
 
 /// The value of a grown weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RegrownWeight {
     /// Exactly zero: the network's function does not change at the update
     /// (the reference library, RigL).
@@ -67,7 +69,8 @@ pub enum RegrownWeight {
 }
 
 /// The momentum buffer of a grown weight.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RegrownMomentum {
     /// The momentum estimate that selected it (momentum growth; what the
     /// reference's dense momentum buffer carries over), 0 if the rule has none.
@@ -109,7 +112,7 @@ pub struct RunLength {
 }
 
 /// What one mask update did to one layer.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerUpdate {
     /// The weight's name.
     pub name: String,
@@ -128,7 +131,7 @@ pub struct LayerUpdate {
 }
 
 /// What one mask update did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MaskUpdate {
     /// Optimizer steps done before the update.
     pub step: usize,
@@ -273,6 +276,58 @@ impl SparseLearning {
                 None => self.last_gradient[i] = factors,
             }
         }
+    }
+
+    /// Adds the controller's state to a checkpoint: where its random numbers
+    /// are, and any dense momentum it holds between steps.
+    pub(crate) fn save_state(&self, contents: &mut Contents) {
+        let seed: String = self
+            .rng
+            .get_seed()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        contents
+            .metadata
+            .insert("sparse_learning.rng_seed".into(), seed);
+        contents.metadata.insert(
+            "sparse_learning.rng_stream".into(),
+            self.rng.get_stream().to_string(),
+        );
+        contents.metadata.insert(
+            "sparse_learning.rng_word_pos".into(),
+            self.rng.get_word_pos().to_string(),
+        );
+        if let Some(dense) = &self.dense_momentum {
+            dense.save(contents);
+        }
+    }
+
+    /// Restores what [`SparseLearning::save_state`] stored.
+    pub(crate) fn restore_state(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let seed_hex = checkpoint.metadata("sparse_learning.rng_seed")?;
+        let mut seed = [0u8; 32];
+        let valid = seed_hex.len() == 64
+            && seed.iter_mut().enumerate().all(|(i, byte)| {
+                u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16)
+                    .map(|b| *byte = b)
+                    .is_ok()
+            });
+        if !valid {
+            return Err(Error::BadFile {
+                path: checkpoint.path().to_path_buf(),
+                problem: format!("`sparse_learning.rng_seed` = `{seed_hex}` is not 32 hex bytes"),
+            });
+        }
+        self.rng = ChaCha8Rng::from_seed(seed);
+        self.rng
+            .set_stream(checkpoint.metadata_number("sparse_learning.rng_stream")?);
+        self.rng
+            .set_word_pos(checkpoint.metadata_number("sparse_learning.rng_word_pos")?);
+        if let Some(dense) = &mut self.dense_momentum {
+            dense.restore(checkpoint)?;
+        }
+        Ok(())
     }
 
     /// Whether a mask update ([`SparseLearning::update_masks`]) is due after step `step`.

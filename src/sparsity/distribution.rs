@@ -19,7 +19,8 @@ use super::apportion::apportion;
 use crate::error::{Error, Result};
 
 /// How the overall density is shared among layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Distribution {
     /// Every layer at the overall density (sparse momentum's reference setup).
     #[default]

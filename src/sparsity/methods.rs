@@ -21,7 +21,8 @@ use super::schedule::PruneRateSchedule;
 use crate::error::{Error, Result};
 
 /// A published sparse-learning method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Sparse momentum, the default.
     #[default]
@@ -35,7 +36,8 @@ pub enum Method {
 }
 
 /// The pruning rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PruneChoice {
     /// Smallest `|w|` in each layer.
     Magnitude,
@@ -46,7 +48,8 @@ pub enum PruneChoice {
 }
 
 /// The growth rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GrowthChoice {
     /// Largest momentum of missing weights.
     Momentum,
@@ -57,7 +60,8 @@ pub enum GrowthChoice {
 }
 
 /// The redistribution rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RedistributionChoice {
     /// Mean `|momentum|` of each layer.
     Momentum,
@@ -70,7 +74,7 @@ pub enum RedistributionChoice {
 }
 
 /// How masks change during training (everything but the initial densities).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MaskUpdates {
     /// Which weights die.
     pub prune: PruneChoice,

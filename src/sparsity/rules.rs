@@ -141,7 +141,8 @@ pub trait Redistribution: Send + Sync {
 }
 
 /// How much history of missing weights' gradients a growth rule needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum MomentumWindow {
     /// Accumulate the dense momentum over the last `steps` steps before each update.
     LastSteps(usize),

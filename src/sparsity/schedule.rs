@@ -6,7 +6,8 @@ use std::f64::consts::PI;
 ///
 /// Early in training the network moves weights around a lot; later it should
 /// settle. The reference decays `p` with a cosine towards a small floor.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum PruneRateSchedule {
     /// `floor + (p₀ − floor) · (1 + cos(π t/T)) / 2` (the reference, floor 0.005).
     Cosine {

@@ -9,7 +9,9 @@ use ndarray::{Array2, ArrayView2, s};
 
 use super::rules::MomentumWindow;
 use crate::autograd::GradientFactors;
+use crate::checkpoint::{Checkpoint, Contents, Tensor};
 use crate::dense::gemm;
+use crate::error::Result;
 
 /// Per sparse layer, what is needed to produce the `rows × cols` momentum of
 /// every position at the next mask update.
@@ -99,6 +101,79 @@ impl DenseMomentum {
             DenseMomentum::EveryStep { buffers, .. } => &buffers[layer],
         };
         slot.as_ref().map(|m| m.view())
+    }
+
+    /// Adds what is held between steps (an open window, the exact buffers) to a checkpoint.
+    pub(crate) fn save(&self, contents: &mut Contents) {
+        let f32_tensor = |a: ArrayView2<f32>| {
+            Tensor::F32(vec![a.nrows(), a.ncols()], a.iter().copied().collect())
+        };
+        match self {
+            DenseMomentum::Window { stacks, .. } => {
+                for (i, stack) in stacks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !s.step_starts.is_empty())
+                {
+                    let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
+                    contents.tensors.push((
+                        key("grads"),
+                        f32_tensor(stack.grads.slice(s![.., ..stack.filled])),
+                    ));
+                    contents.tensors.push((
+                        key("inputs"),
+                        f32_tensor(stack.inputs.slice(s![.., ..stack.filled])),
+                    ));
+                    let starts = stack.step_starts.iter().map(|&s| s as i64).collect();
+                    contents.tensors.push((
+                        key("step_starts"),
+                        Tensor::I64(vec![stack.step_starts.len()], starts),
+                    ));
+                }
+            }
+            DenseMomentum::EveryStep { buffers, .. } => {
+                for (i, buffer) in buffers.iter().enumerate() {
+                    if let Some(buffer) = buffer {
+                        contents.tensors.push((
+                            format!("sparse_learning.momentum.{i}"),
+                            f32_tensor(buffer.view()),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Restores what [`DenseMomentum::save`] stored.
+    pub(crate) fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let array = |name: &str| -> Result<Option<Array2<f32>>> {
+            if !checkpoint.has(name) {
+                return Ok(None);
+            }
+            let (shape, values) = checkpoint.f32(name)?;
+            Ok(Array2::from_shape_vec((shape[0], shape.get(1).copied().unwrap_or(1)), values).ok())
+        };
+        match self {
+            DenseMomentum::Window { stacks, .. } => {
+                for (i, stack) in stacks.iter_mut().enumerate() {
+                    let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
+                    if let (Some(grads), Some(inputs)) =
+                        (array(&key("grads"))?, array(&key("inputs"))?)
+                    {
+                        stack.filled = grads.ncols();
+                        stack.grads = grads;
+                        stack.inputs = inputs;
+                        stack.step_starts = checkpoint.indices(&key("step_starts"))?;
+                    }
+                }
+            }
+            DenseMomentum::EveryStep { buffers, .. } => {
+                for (i, buffer) in buffers.iter_mut().enumerate() {
+                    *buffer = array(&format!("sparse_learning.momentum.{i}"))?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Drops what the window held; the exact buffers stay.

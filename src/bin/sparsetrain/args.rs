@@ -13,6 +13,9 @@ use sparsetrain::train::{SparseSettings, TrainConfig};
 /// A CLI error: the message is printed after `error: `.
 pub type CliError = Box<dyn std::error::Error>;
 
+/// Epochs when `--epochs` is not given.
+pub const DEFAULT_EPOCHS: usize = 100;
+
 /// Flags every command takes.
 #[derive(Debug, Args)]
 pub struct CommonArgs {
@@ -32,9 +35,28 @@ pub struct CommonArgs {
 pub struct TrainArgs {
     #[command(flatten)]
     pub common: CommonArgs,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 100)]
-    pub epochs: usize,
+    /// Read settings from a TOML file of `flag = value` lines (flag names
+    /// without `--`, e.g. `density = 0.02`); flags on the command line win.
+    /// Every run directory holds one: `runs/NAME/config.toml`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Name of the run directory under `--runs-dir` [default: METHOD-DENSITY-seedSEED].
+    #[arg(long, value_name = "NAME")]
+    pub run: Option<String>,
+    /// Where run directories go.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    pub runs_dir: PathBuf,
+    /// Continue the run in this directory (or from this checkpoint file) where
+    /// it stopped; its settings come from the checkpoint (`--epochs` and
+    /// `--threads` may change).
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<PathBuf>,
+    /// Do not draw the plots at the end of training.
+    #[arg(long)]
+    pub no_plots: bool,
+    /// Passes over the training set [default: 100].
+    #[arg(long)]
+    pub epochs: Option<usize>,
     /// Fraction of all weights kept, in (0, 1].
     #[arg(long, default_value_t = 0.05)]
     pub density: f64,
@@ -119,7 +141,7 @@ impl TrainArgs {
             Some(self.sparse_settings()?)
         };
         let config = TrainConfig {
-            epochs: self.epochs,
+            epochs: self.epochs.unwrap_or(DEFAULT_EPOCHS),
             batch_size: self.batch_size,
             lr: self.lr,
             seed: self.seed,
@@ -244,6 +266,82 @@ impl TrainArgs {
         Ok(())
     }
 
+    /// The run directory's default name.
+    pub fn default_run_name(&self, config: &TrainConfig) -> String {
+        match &config.sparse {
+            Some(sparse) => format!("{}-{}-seed{}", self.method, sparse.density, config.seed),
+            None => format!("dense-seed{}", config.seed),
+        }
+    }
+
+    /// These settings as a `--config` file: every training setting, explicit.
+    pub fn to_toml(&self) -> String {
+        let mut table = toml::Table::new();
+        let mut set = |key: &str, value: toml::Value| {
+            table.insert(key.to_string(), value);
+        };
+        set("data", self.common.data.display().to_string().into());
+        set(
+            "epochs",
+            (self.epochs.unwrap_or(DEFAULT_EPOCHS) as i64).into(),
+        );
+        if self.dense {
+            set("dense", true.into());
+        } else {
+            set("density", self.density.into());
+            set("method", self.method.to_string().into());
+        }
+        let optional_text = [
+            ("distribution", self.distribution.map(|d| d.to_string())),
+            ("prune", self.prune.map(|p| p.to_string())),
+            ("growth", self.growth.map(|g| g.to_string())),
+            ("redistribution", self.redistribution.map(|r| r.to_string())),
+            ("prune-schedule", self.prune_schedule.clone()),
+            ("update-every", self.update_every.clone()),
+            ("regrow-weights", self.regrow_weights.clone()),
+            ("regrow-momentum", self.regrow_momentum.clone()),
+            ("momentum-window", self.momentum_window.clone()),
+        ];
+        for (key, value) in optional_text {
+            if let Some(value) = value {
+                set(key, value.into());
+            }
+        }
+        for (key, value) in [
+            ("prune-rate", self.prune_rate),
+            ("prune-rate-floor", self.prune_rate_floor),
+            ("stop-updates-after", self.stop_updates_after),
+        ] {
+            if let Some(value) = value {
+                set(key, value.into());
+            }
+        }
+        if !self.layer_densities.is_empty() {
+            let overrides = self
+                .layer_densities
+                .iter()
+                .map(|(name, d)| toml::Value::from(format!("{name}={d}")));
+            set("layer-density", toml::Value::Array(overrides.collect()));
+        }
+        // Through its decimal text, so 0.1 stays 0.1 (not 0.10000000149…).
+        set(
+            "lr",
+            self.lr
+                .to_string()
+                .parse::<f64>()
+                .expect("a float's text parses")
+                .into(),
+        );
+        set("batch-size", (self.batch_size as i64).into());
+        set("seed", (self.seed as i64).into());
+        set("init", self.init.to_string().into());
+        set("validation-fraction", self.validation_fraction.into());
+        if let Some(n) = self.train_samples {
+            set("train-samples", (n as i64).into());
+        }
+        toml::to_string(&table).expect("a table of plain values serialises")
+    }
+
     /// A one-line description of the sparse-learning setup, for the banner.
     pub fn describe(&self, config: &TrainConfig) -> String {
         let Some(sparse) = &config.sparse else {
@@ -306,6 +404,30 @@ pub struct BenchArgs {
     /// Skip the epoch timings (kernels only).
     #[arg(long)]
     pub kernels_only: bool,
+}
+
+/// Evaluating a checkpoint.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The checkpoint file, or a run directory holding `checkpoint.safetensors`.
+    #[arg(long, value_name = "FILE")]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// A checkpoint or run directory to describe.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The checkpoint file, or a run directory holding `checkpoint.safetensors`.
+    pub checkpoint: PathBuf,
+}
+
+/// A run directory to draw.
+#[derive(Debug, Args)]
+pub struct PlotArgs {
+    /// The run directory (`runs/NAME`).
+    pub run: PathBuf,
 }
 
 /// Several seeds of one configuration.

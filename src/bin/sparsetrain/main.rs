@@ -1,33 +1,39 @@
 //! The `sparsetrain` command: train LeNet-300-100 on MNIST sparse from scratch,
-//! run several seeds, or benchmark.
+//! resume, evaluate, inspect and plot runs, run several seeds, or benchmark.
 //!
 //! With no arguments it trains with sparse momentum at 5 % density for 100
-//! epochs, the reference library's MNIST setup.
+//! epochs, the reference library's MNIST setup, into `runs/NAME/`.
 
 mod args;
+mod config_file;
 mod report;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sparsetrain::bench::{time_epochs, time_kernels};
+use sparsetrain::checkpoint::{Checkpoint, write_atomically};
 use sparsetrain::data::Mnist;
+use sparsetrain::plot::plot_run;
+use sparsetrain::runlog::RunLog;
 use sparsetrain::stats::Summary;
 use sparsetrain::train::{TrainConfig, Trainer};
 
-use args::{BenchArgs, CliError, SeedsArgs, TrainArgs};
+use args::{BenchArgs, CliError, EvalArgs, InspectArgs, PlotArgs, SeedsArgs, TrainArgs};
 use report::{ProgressPrinter, print_banner, print_summary, summary_json};
 
 /// Train neural networks that are sparse from the first step to the last.
 ///
 /// Without a subcommand, trains LeNet-300-100 on MNIST with sparse momentum
-/// (the `train` subcommand).
+/// (the `train` subcommand) into a run directory `runs/NAME/` holding the
+/// configuration, per-epoch metrics, a checkpoint and plots.
 #[derive(Debug, Parser)]
 #[command(
     version,
     args_conflicts_with_subcommands = true,
-    allow_negative_numbers = true
+    allow_negative_numbers = true,
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,12 +44,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model (the default).
-    #[command(allow_negative_numbers = true)]
+    /// Train a model (the default), or continue one with `--resume`.
+    #[command(allow_negative_numbers = true, args_override_self = true)]
     Train(TrainArgs),
+    /// Test accuracy, per-class accuracy and confusion matrix of a checkpoint.
+    Eval(EvalArgs),
+    /// Per-layer shape, stored weights, density and empty neurons of a checkpoint.
+    Inspect(InspectArgs),
+    /// Draw a run's loss, accuracy, density and connectivity pictures (PNG and SVG).
+    Plot(PlotArgs),
     /// Train several seeds of one configuration and summarise the test error
     /// (mean, standard error, 95 % CI); writes the table as CSV and JSON.
-    #[command(allow_negative_numbers = true)]
+    #[command(allow_negative_numbers = true, args_override_self = true)]
     Seeds(SeedsArgs),
     /// Time training epochs sparse vs dense, and the sparse kernels vs sgemm, in one run.
     #[command(allow_negative_numbers = true)]
@@ -51,19 +63,26 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Some(Command::Train(args)) => train(args),
-        Some(Command::Seeds(args)) => seeds(args),
-        Some(Command::Bench(args)) => bench(args),
-        None => train(cli.train),
-    };
+    let result =
+        config_file::expand(std::env::args().collect()).and_then(|argv| run(Cli::parse_from(argv)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Some(Command::Train(args)) => train(args),
+        Some(Command::Eval(args)) => eval(args),
+        Some(Command::Inspect(args)) => inspect(args),
+        Some(Command::Plot(args)) => plot(args),
+        Some(Command::Seeds(args)) => seeds(args),
+        Some(Command::Bench(args)) => bench(args),
+        None => train(cli.train),
     }
 }
 
@@ -74,17 +93,138 @@ fn load_mnist(dir: &Path) -> Result<Mnist, CliError> {
         .map_err(|e| format!("{e}\n(pass --data DIR with the four MNIST files, raw or .gz)").into())
 }
 
+/// The checkpoint file a path names: the file itself, or a run directory's.
+fn checkpoint_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("checkpoint.safetensors")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// A run directory `runs_dir/name` that does not exist yet: `name`, or
+/// `name-2`, `name-3`, … so an earlier run is never overwritten.
+fn fresh_run_dir(runs_dir: &Path, name: &str) -> Result<PathBuf, CliError> {
+    let dir = (1..)
+        .map(|n| {
+            if n == 1 {
+                runs_dir.join(name)
+            } else {
+                runs_dir.join(format!("{name}-{n}"))
+            }
+        })
+        .find(|dir| !dir.exists())
+        .expect("some suffix is free");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
 fn train(args: TrainArgs) -> CliResult {
-    let config = args.config()?;
     let mnist = load_mnist(&args.common.data)?;
-    let mut trainer = Trainer::new(config, &mnist.train, &mnist.test)?;
-    print_banner(&trainer, &args);
+    let (mut trainer, run_dir, mut log) = match &args.resume {
+        Some(path) => {
+            let checkpoint = Checkpoint::open(&checkpoint_path(path))?;
+            let mut config = checkpoint.config()?;
+            config.epochs = args.epochs.unwrap_or(config.epochs);
+            config.threads = args.common.threads.or(config.threads);
+            let mut trainer = Trainer::new(config, &mnist.train, &mnist.test)?;
+            trainer.restore(&checkpoint)?;
+            let run_dir = checkpoint
+                .path()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf();
+            let log = RunLog::resume(&run_dir.join("metrics.jsonl"), trainer.epochs_done())?;
+            (trainer, run_dir, log)
+        }
+        None => {
+            let config = args.config()?;
+            let trainer = Trainer::new(config, &mnist.train, &mnist.test)?;
+            let name = args
+                .run
+                .clone()
+                .unwrap_or_else(|| args.default_run_name(trainer.config()));
+            let run_dir = fresh_run_dir(&args.runs_dir, &name)?;
+            write_atomically(&run_dir.join("config.toml"), args.to_toml().as_bytes())?;
+            let log = RunLog::create(&run_dir.join("metrics.jsonl"))?;
+            (trainer, run_dir, log)
+        }
+    };
+    print_banner(&trainer, &args, &run_dir);
+    let checkpoint = run_dir.join("checkpoint.safetensors");
     let mut printer = ProgressPrinter::new(args.verbose, false);
-    let summary = trainer.run(&mut printer)?;
+    let summary = trainer.run_with(&mut printer, |trainer, stats| {
+        // Checkpoint first: a crash before the log line repeats no epoch on resume.
+        trainer.save_checkpoint(&checkpoint)?;
+        log.epoch(stats)
+    })?;
     printer.finish();
     print_summary(&summary);
+    if !args.no_plots {
+        let written = plot_run(&run_dir)?;
+        println!(
+            "plots: {}",
+            written
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if args.common.json {
         println!("{}", summary_json(&summary));
+    }
+    Ok(())
+}
+
+/// A trainer holding a checkpoint's model, ready to evaluate.
+fn trainer_from(
+    path: &Path,
+    data: &Path,
+    threads: Option<usize>,
+) -> Result<(Trainer, Checkpoint), CliError> {
+    let checkpoint = Checkpoint::open(&checkpoint_path(path))?;
+    let config = TrainConfig {
+        threads: threads.or(checkpoint.config()?.threads),
+        ..checkpoint.config()?
+    };
+    let mnist = load_mnist(data)?;
+    let mut trainer = Trainer::new(config, &mnist.train, &mnist.test)?;
+    trainer.restore(&checkpoint)?;
+    Ok((trainer, checkpoint))
+}
+
+fn eval(args: EvalArgs) -> CliResult {
+    let (trainer, checkpoint) =
+        trainer_from(&args.checkpoint, &args.common.data, args.common.threads)?;
+    let evaluation = trainer.evaluate(&trainer.data().test)?;
+    println!(
+        "{} · after {} epochs · {} test samples",
+        checkpoint.path().display(),
+        trainer.epochs_done(),
+        evaluation.samples
+    );
+    println!(
+        "test accuracy {:.2}% · error {:.2}% · loss {:.4}",
+        100.0 * evaluation.accuracy,
+        100.0 * (1.0 - evaluation.accuracy),
+        evaluation.loss
+    );
+    report::print_confusion(&evaluation);
+    if args.common.json {
+        println!("{}", serde_json::to_string(&evaluation)?);
+    }
+    Ok(())
+}
+
+fn inspect(args: InspectArgs) -> CliResult {
+    let checkpoint = Checkpoint::open(&checkpoint_path(&args.checkpoint))?;
+    report::print_inspection(&checkpoint)
+}
+
+fn plot(args: PlotArgs) -> CliResult {
+    for path in plot_run(&args.run)? {
+        println!("{}", path.display());
     }
     Ok(())
 }
@@ -154,7 +294,7 @@ fn seeds(args: SeedsArgs) -> CliResult {
             r["seed"], r["test_accuracy"], r["test_error"], r["seconds"]
         );
     }
-    write_file(&csv_path, &csv)?;
+    write_atomically(&csv_path, csv.as_bytes())?;
     let json_path = args.out.join(format!("seeds-{label}.json"));
     let table = serde_json::json!({
         "configuration": args.train.describe(&base),
@@ -163,21 +303,12 @@ fn seeds(args: SeedsArgs) -> CliResult {
         "test_error": error,
         "seconds": seconds,
     });
-    write_file(&json_path, &serde_json::to_string_pretty(&table)?)?;
+    write_atomically(&json_path, serde_json::to_string_pretty(&table)?.as_bytes())?;
     println!("wrote {} and {}", csv_path.display(), json_path.display());
     if args.train.common.json {
         println!("{table}");
     }
     Ok(())
-}
-
-/// Writes `text` to `path` whole: to a temporary file first, then renamed, so
-/// an interrupted write never leaves a half-written table behind.
-fn write_file(path: &Path, text: &str) -> CliResult {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text)
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()).into())
 }
 
 /// Sizes rayon's global pool (used by the kernel timings); trainers get

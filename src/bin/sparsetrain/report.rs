@@ -1,16 +1,18 @@
 //! What the CLI prints: the banner, progress, epoch lines, summaries.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use sparsetrain::checkpoint::Checkpoint;
 use sparsetrain::sparsity::MaskUpdate;
-use sparsetrain::train::{EpochStats, Observer, StepProgress, TrainSummary, Trainer};
+use sparsetrain::train::{EpochStats, Evaluation, Observer, StepProgress, TrainSummary, Trainer};
 
-use crate::args::TrainArgs;
+use crate::args::{CliError, TrainArgs};
 
 /// Prints the model, its layers and the run's settings.
-pub fn print_banner(trainer: &Trainer, args: &TrainArgs) {
+pub fn print_banner(trainer: &Trainer, args: &TrainArgs, run_dir: &Path) {
     let config = trainer.config();
     let data = trainer.data();
     let widths: Vec<String> = config.widths.iter().map(usize::to_string).collect();
@@ -21,6 +23,14 @@ pub fn print_banner(trainer: &Trainer, args: &TrainArgs) {
         args.common.data.display()
     );
     println!("  {}", args.describe(config));
+    if trainer.epochs_done() > 0 {
+        println!(
+            "  resumed after epoch {} (step {})",
+            trainer.epochs_done(),
+            trainer.steps_done()
+        );
+    }
+    println!("  run directory {}", run_dir.display());
     println!(
         "  {:<12} {:>9} {:>9} {:>8}",
         "layer", "shape", "nnz", "density"
@@ -195,4 +205,82 @@ pub fn summary_json(s: &TrainSummary) -> serde_json::Value {
         "density": s.density,
         "layer_nnz": layer_nnz,
     })
+}
+
+/// Per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
+pub fn print_confusion(evaluation: &Evaluation) {
+    let classes = evaluation.confusion.len();
+    println!("per-class accuracy:");
+    for (class, accuracy) in evaluation.class_accuracy().iter().enumerate() {
+        let text = accuracy.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
+        println!("  {class}: {text}");
+    }
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    let header: String = (0..classes).map(|c| format!("{c:>6}")).collect();
+    println!("     {header}");
+    for (class, row) in evaluation.confusion.iter().enumerate() {
+        let cells: String = row.iter().map(|n| format!("{n:>6}")).collect();
+        println!("  {class:>2} {cells}");
+    }
+}
+
+/// What a checkpoint holds: the run's settings and progress, and every weight
+/// matrix with its size, stored weights and empty neurons.
+pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
+    let config = checkpoint.config()?;
+    println!("{}", checkpoint.path().display());
+    println!(
+        "  after {} epochs of {} ({} steps) · seed {} · batch {} · lr {}",
+        checkpoint.epochs_done()?,
+        config.epochs,
+        checkpoint.metadata("steps_done")?,
+        config.seed,
+        config.batch_size,
+        config.lr
+    );
+    match &config.sparse {
+        Some(sparse) => println!(
+            "  density {} · {} distribution",
+            sparse.density, sparse.distribution
+        ),
+        None => println!("  dense"),
+    }
+    println!(
+        "  {:<12} {:>6} {:>9} {:>8} {:>8} {:>14} {:>14}",
+        "layer", "format", "shape", "nnz", "density", "empty outputs", "unused inputs"
+    );
+    let (mut stored, mut total) = (0, 0);
+    for name in checkpoint.param_names()? {
+        let (rows, cols) = checkpoint.param_shape(&name)?;
+        if cols == 1 {
+            continue; // a bias
+        }
+        let (format, nnz, empty_rows, empty_cols) = if checkpoint.param_is_sparse(&name)? {
+            let m = checkpoint.sparse_param(&name)?;
+            ("csr", m.nnz(), m.empty_rows(), m.empty_columns())
+        } else {
+            ("dense", rows * cols, 0, 0)
+        };
+        stored += nnz;
+        total += rows * cols;
+        println!(
+            "  {:<12} {:>6} {:>9} {:>8} {:>7.2}% {:>14} {:>14}",
+            name,
+            format,
+            format!("{rows}×{cols}"),
+            nnz,
+            100.0 * nnz as f64 / (rows * cols) as f64,
+            format!("{empty_rows} of {rows}"),
+            format!("{empty_cols} of {cols}")
+        );
+    }
+    println!(
+        "  {:<12} {:>6} {:>9} {:>8} {:>7.2}%",
+        "total",
+        "",
+        total,
+        stored,
+        100.0 * stored as f64 / total.max(1) as f64
+    );
+    Ok(())
 }
