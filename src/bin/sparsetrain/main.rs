@@ -4,6 +4,22 @@
 //! With no arguments it trains with sparse momentum at 5 % density for 100
 //! epochs, the reference library's MNIST setup, into `runs/NAME/`.
 
+/// `println!` that never panics: when stdout is closed (piped into `head`)
+/// the program ends quietly, as command-line tools do; any other write error
+/// ends it with a message.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to standard output: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
 mod args;
 mod config_file;
 mod report;
@@ -162,7 +178,7 @@ fn train(args: TrainArgs) -> CliResult {
     print_summary(&summary);
     if !args.no_plots {
         let written = plot_run(&run_dir)?;
-        println!(
+        say!(
             "plots: {}",
             written
                 .iter()
@@ -172,7 +188,7 @@ fn train(args: TrainArgs) -> CliResult {
         );
     }
     if args.common.json {
-        println!("{}", summary_json(&summary));
+        say!("{}", summary_json(&summary));
     }
     Ok(())
 }
@@ -198,13 +214,13 @@ fn eval(args: EvalArgs) -> CliResult {
     let (trainer, checkpoint) =
         trainer_from(&args.checkpoint, &args.common.data, args.common.threads)?;
     let evaluation = trainer.evaluate(&trainer.data().test)?;
-    println!(
+    say!(
         "{} · after {} epochs · {} test samples",
         checkpoint.path().display(),
         trainer.epochs_done(),
         evaluation.samples
     );
-    println!(
+    say!(
         "test accuracy {:.2}% · error {:.2}% · loss {:.4}",
         100.0 * evaluation.accuracy,
         100.0 * (1.0 - evaluation.accuracy),
@@ -212,7 +228,7 @@ fn eval(args: EvalArgs) -> CliResult {
     );
     report::print_confusion(&evaluation);
     if args.common.json {
-        println!("{}", serde_json::to_string(&evaluation)?);
+        say!("{}", serde_json::to_string(&evaluation)?);
     }
     Ok(())
 }
@@ -224,7 +240,7 @@ fn inspect(args: InspectArgs) -> CliResult {
 
 fn plot(args: PlotArgs) -> CliResult {
     for path in plot_run(&args.run)? {
-        println!("{}", path.display());
+        say!("{}", path.display());
     }
     Ok(())
 }
@@ -239,7 +255,7 @@ fn seeds(args: SeedsArgs) -> CliResult {
         Some(sparse) => format!("{}-{}", args.train.method, sparse.density),
         None => "dense".to_string(),
     };
-    println!(
+    say!(
         "{} seeds from {} · {}",
         args.seeds,
         base.seed,
@@ -255,7 +271,7 @@ fn seeds(args: SeedsArgs) -> CliResult {
         let mut printer = ProgressPrinter::new(args.train.verbose, true);
         let summary = trainer.run(&mut printer)?;
         printer.finish();
-        println!(
+        say!(
             "  seed {seed}: test error {:.2}% (accuracy {:.2}%) · {:.1} s",
             100.0 * summary.test_error,
             100.0 * summary.test_accuracy,
@@ -275,7 +291,7 @@ fn seeds(args: SeedsArgs) -> CliResult {
     };
     let error = Summary::of(&column("test_error")).expect("at least one seed");
     let seconds = Summary::of(&column("seconds")).expect("at least one seed");
-    println!(
+    say!(
         "test error: mean {:.3}% ± {:.3}% (standard error) · median {:.3}% · 95 % CI [{:.3}%, {:.3}%] · {:.1} s per run",
         100.0 * error.mean,
         100.0 * error.standard_error,
@@ -304,9 +320,9 @@ fn seeds(args: SeedsArgs) -> CliResult {
         "seconds": seconds,
     });
     write_atomically(&json_path, serde_json::to_string_pretty(&table)?.as_bytes())?;
-    println!("wrote {} and {}", csv_path.display(), json_path.display());
+    say!("wrote {} and {}", csv_path.display(), json_path.display());
     if args.train.common.json {
-        println!("{table}");
+        say!("{table}");
     }
     Ok(())
 }
@@ -339,7 +355,7 @@ fn bench(args: BenchArgs) -> CliResult {
             threads: args.common.threads,
             ..TrainConfig::default()
         };
-        println!(
+        say!(
             "Epoch time, LeNet-300-100 on MNIST ({} training samples, batch {}), {} interleaved rounds, {threads} threads:",
             mnist.train.len()
                 - (base.validation_fraction * mnist.train.len() as f64).round() as usize,
@@ -353,33 +369,44 @@ fn bench(args: BenchArgs) -> CliResult {
             &args.densities,
             args.rounds,
         )?;
-        println!(
+        say!(
             "  {:<10} {:>14} {:>16}",
-            "weights", "median epoch", "speed-up vs dense"
+            "weights",
+            "median epoch",
+            "speed-up vs dense"
         );
         for t in &timings {
             let label = t
                 .density
                 .map_or("dense".to_string(), |d| format!("{:.0}% sparse", 100.0 * d));
-            println!(
+            say!(
                 "  {:<10} {:>12.3} s {:>15.1}×",
-                label, t.median_seconds, t.speedup_vs_dense
+                label,
+                t.median_seconds,
+                t.speedup_vs_dense
             );
         }
         json["epochs"] = serde_json::to_value(&timings)?;
     }
     let shapes = [(300, 784), (100, 300), (10, 100)];
-    println!(
+    say!(
         "Kernels, LeNet-300-100 weight shapes, batch {}, {threads} threads (GFLOP/s = 2·nnz·batch / time):",
         args.batch_size
     );
-    println!(
+    say!(
         "  {:<9} {:>7} {:<20} {:>10} {:>9} {:>10} {:>9} {:>8}",
-        "shape", "density", "kernel", "sparse µs", "GFLOP/s", "dense µs", "GFLOP/s", "speed-up"
+        "shape",
+        "density",
+        "kernel",
+        "sparse µs",
+        "GFLOP/s",
+        "dense µs",
+        "GFLOP/s",
+        "speed-up"
     );
     let kernels = time_kernels(&shapes, &args.densities, args.batch_size, args.samples);
     for k in &kernels {
-        println!(
+        say!(
             "  {:<9} {:>6.0}% {:<20} {:>10.1} {:>9.1} {:>10.1} {:>9.1} {:>7.1}×",
             format!("{}×{}", k.shape.0, k.shape.1),
             100.0 * k.density,
@@ -393,7 +420,7 @@ fn bench(args: BenchArgs) -> CliResult {
     }
     json["kernels"] = serde_json::to_value(&kernels)?;
     if args.common.json {
-        println!("{json}");
+        say!("{json}");
     }
     Ok(())
 }

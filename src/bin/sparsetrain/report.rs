@@ -16,31 +16,34 @@ pub fn print_banner(trainer: &Trainer, args: &TrainArgs, run_dir: &Path) {
     let config = trainer.config();
     let data = trainer.data();
     let widths: Vec<String> = config.widths.iter().map(usize::to_string).collect();
-    println!(
+    say!(
         "sparsetrain {} · LeNet-300-100 ({}) · data {}",
         env!("CARGO_PKG_VERSION"),
         widths.join("-"),
         args.common.data.display()
     );
-    println!("  {}", args.describe(config));
+    say!("  {}", args.describe(config));
     if trainer.epochs_done() > 0 {
-        println!(
+        say!(
             "  resumed after epoch {} (step {})",
             trainer.epochs_done(),
             trainer.steps_done()
         );
     }
-    println!("  run directory {}", run_dir.display());
-    println!(
+    say!("  run directory {}", run_dir.display());
+    say!(
         "  {:<12} {:>9} {:>9} {:>8}",
-        "layer", "shape", "nnz", "density"
+        "layer",
+        "shape",
+        "nnz",
+        "density"
     );
     let (mut nnz, mut total) = (0, 0);
     for layer in trainer.layers() {
         let size = layer.shape.0 * layer.shape.1;
         nnz += layer.nnz;
         total += size;
-        println!(
+        say!(
             "  {:<12} {:>9} {:>9} {:>7.2}%{}",
             layer.name,
             format!("{}×{}", layer.shape.0, layer.shape.1),
@@ -49,14 +52,14 @@ pub fn print_banner(trainer: &Trainer, args: &TrainArgs, run_dir: &Path) {
             if layer.sparse { "" } else { "  (stored dense)" }
         );
     }
-    println!(
+    say!(
         "  {:<12} {:>9} {:>9} {:>7.2}%  (biases dense)",
         "total",
         total,
         nnz,
         100.0 * nnz as f64 / total as f64
     );
-    println!(
+    say!(
         "  samples: train {} · validation {} · test {}; batch {}, {} epochs, lr {} (×{} every {} steps), seed {}, threads {}",
         data.train.len(),
         data.validation.len(),
@@ -92,7 +95,7 @@ impl ProgressPrinter {
     fn println(&self, line: String) {
         match &self.bar {
             Some(bar) => bar.println(line),
-            None => println!("{line}"),
+            None => say!("{line}"),
         }
     }
 
@@ -110,9 +113,11 @@ impl Observer for ProgressPrinter {
             let bar = self.bar.get_or_insert_with(|| {
                 let bar = ProgressBar::new(p.steps_in_epoch as u64);
                 bar.set_style(
-                    ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps · {msg} · {per_sec} · eta {eta}")
-                        .expect("the template is valid")
-                        .progress_chars("=> "),
+                    ProgressStyle::with_template(
+                        "epoch {prefix} [{bar:30}] {pos}/{len} steps · {msg} · eta {eta}",
+                    )
+                    .expect("the template is valid")
+                    .progress_chars("=> "),
                 );
                 bar.enable_steady_tick(Duration::from_millis(200));
                 bar
@@ -127,9 +132,12 @@ impl Observer for ProgressPrinter {
         } else if !self.quiet {
             let quarter = p.steps_in_epoch.div_ceil(4);
             if p.step.is_multiple_of(quarter) && p.step < p.steps_in_epoch {
-                println!(
+                say!(
                     "  epoch {} · step {}/{} · loss {:.4}",
-                    p.epoch, p.step, p.steps_in_epoch, p.loss
+                    p.epoch,
+                    p.step,
+                    p.steps_in_epoch,
+                    p.loss
                 );
             }
         }
@@ -180,7 +188,7 @@ impl Observer for ProgressPrinter {
 
 /// The one-line result of a run.
 pub fn print_summary(s: &TrainSummary) {
-    println!(
+    say!(
         "done · test accuracy {:.2}% · test error {:.2}% · {} epochs · density {:.2}% · {:.1} s",
         100.0 * s.test_accuracy,
         100.0 * s.test_error,
@@ -210,17 +218,17 @@ pub fn summary_json(s: &TrainSummary) -> serde_json::Value {
 /// Per-class accuracy and the confusion matrix (rows: true class, columns: predicted).
 pub fn print_confusion(evaluation: &Evaluation) {
     let classes = evaluation.confusion.len();
-    println!("per-class accuracy:");
+    say!("per-class accuracy:");
     for (class, accuracy) in evaluation.class_accuracy().iter().enumerate() {
         let text = accuracy.map_or("-".to_string(), |a| format!("{:.2}%", 100.0 * a));
-        println!("  {class}: {text}");
+        say!("  {class}: {text}");
     }
-    println!("confusion matrix (rows: true class, columns: predicted):");
+    say!("confusion matrix (rows: true class, columns: predicted):");
     let header: String = (0..classes).map(|c| format!("{c:>6}")).collect();
-    println!("     {header}");
+    say!("     {header}");
     for (class, row) in evaluation.confusion.iter().enumerate() {
         let cells: String = row.iter().map(|n| format!("{n:>6}")).collect();
-        println!("  {class:>2} {cells}");
+        say!("  {class:>2} {cells}");
     }
 }
 
@@ -228,8 +236,8 @@ pub fn print_confusion(evaluation: &Evaluation) {
 /// matrix with its size, stored weights and empty neurons.
 pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
     let config = checkpoint.config()?;
-    println!("{}", checkpoint.path().display());
-    println!(
+    say!("{}", checkpoint.path().display());
+    say!(
         "  after {} epochs of {} ({} steps) · seed {} · batch {} · lr {}",
         checkpoint.epochs_done()?,
         config.epochs,
@@ -239,15 +247,22 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
         config.lr
     );
     match &config.sparse {
-        Some(sparse) => println!(
+        Some(sparse) => say!(
             "  density {} · {} distribution",
-            sparse.density, sparse.distribution
+            sparse.density,
+            sparse.distribution
         ),
-        None => println!("  dense"),
+        None => say!("  dense"),
     }
-    println!(
+    say!(
         "  {:<12} {:>6} {:>9} {:>8} {:>8} {:>14} {:>14}",
-        "layer", "format", "shape", "nnz", "density", "empty outputs", "unused inputs"
+        "layer",
+        "format",
+        "shape",
+        "nnz",
+        "density",
+        "empty outputs",
+        "unused inputs"
     );
     let (mut stored, mut total) = (0, 0);
     for name in checkpoint.param_names()? {
@@ -263,7 +278,7 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
         };
         stored += nnz;
         total += rows * cols;
-        println!(
+        say!(
             "  {:<12} {:>6} {:>9} {:>8} {:>7.2}% {:>14} {:>14}",
             name,
             format,
@@ -274,7 +289,7 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
             format!("{empty_cols} of {cols}")
         );
     }
-    println!(
+    say!(
         "  {:<12} {:>6} {:>9} {:>8} {:>7.2}%",
         "total",
         "",
