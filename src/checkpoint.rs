@@ -295,7 +295,7 @@ impl Checkpoint {
             )
         };
         let (_, momentum) = self.f32(&format!("{name}.momentum"))?;
-        if momentum.len() != value.values().len() {
+        if !momentum.is_empty() && momentum.len() != value.values().len() {
             return Err(bad(
                 &self.path,
                 format!(
@@ -379,6 +379,12 @@ pub(crate) fn restore_params(checkpoint: &Checkpoint, store: &mut ParamStore) ->
                     value.shape(),
                     param.value.shape()
                 ),
+            ));
+        }
+        if param.trainable && momentum.len() != value.values().len() {
+            return Err(bad(
+                checkpoint.path(),
+                format!("`{name}` has no momentum buffer"),
             ));
         }
         param.value = value;

@@ -85,6 +85,14 @@ pub enum Error {
         problem: String,
     },
 
+    /// A network cannot be built: a layer does not fit what comes before it.
+    #[error("model, layer {layer}: {problem}")]
+    Model {
+        /// The layer's position and name, e.g. `3 (conv2)`.
+        layer: String,
+        /// Why it does not fit.
+        problem: String,
+    },
     /// A rule of the sparse-learning controller broke its contract.
     #[error("sparse learning, layer `{layer}`: {problem}")]
     SparseLearning {

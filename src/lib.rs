@@ -34,6 +34,7 @@
 //! | [`data`] | IDX reader, MNIST-format datasets, normalisation, batching |
 //! | [`sparse`] | the CSR matrix and the three training kernels |
 //! | [`dense`] | the dense matrix product (matrixmultiply, parallel by rows) |
+//! | [`conv`] | convolution as a matrix product: geometry, im2col, col2im |
 //! | [`autograd`] | the tape and its ops, forward and backward side by side |
 //! | [`params`] | parameters with their optimizer state |
 //! | [`nn`] | layers and models |
@@ -51,6 +52,7 @@ mod choices;
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;
+pub mod conv;
 pub mod data;
 pub mod dense;
 pub mod error;
@@ -72,7 +74,9 @@ pub mod prelude {
     pub use crate::checkpoint::Checkpoint;
     pub use crate::data::{Dataset, Mnist, Splits};
     pub use crate::error::{Error, Result};
-    pub use crate::nn::{Linear, Mlp, Model, WeightInit, WeightKind};
+    pub use crate::nn::{
+        Architecture, Layer, Linear, ParamBuilder, Sequential, WeightInit, WeightKind,
+    };
     pub use crate::optim::{Sgd, StepLr};
     pub use crate::params::{ParamId, ParamStore, ParamValue};
     pub use crate::sparse::SparseMatrix;

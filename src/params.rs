@@ -78,6 +78,9 @@ pub struct Param {
     /// The momentum buffer, one entry per trainable value (zeros until the
     /// first optimizer step). Sparse momentum reads it to decide where weights go.
     pub momentum: Vec<f32>,
+    /// False for state the forward pass keeps (batch normalisation's running
+    /// statistics): saved in checkpoints, never touched by the optimizer.
+    pub trainable: bool,
 }
 
 /// Owns every parameter of a model.
@@ -92,15 +95,34 @@ impl ParamStore {
         Self::default()
     }
 
-    /// Adds a parameter with zero momentum and returns its handle.
+    /// Adds a trainable parameter with zero momentum and returns its handle.
     pub fn add(&mut self, name: impl Into<String>, value: ParamValue) -> ParamId {
         let momentum = vec![0.0; value.values().len()];
         self.params.push(Param {
             name: name.into(),
             value,
             momentum,
+            trainable: true,
         });
         ParamId(self.params.len() - 1)
+    }
+
+    /// Adds state that is not trained (see [`Param::trainable`]).
+    pub fn add_state(&mut self, name: impl Into<String>, value: Array2<f32>) -> ParamId {
+        self.params.push(Param {
+            name: name.into(),
+            value: ParamValue::Dense(value),
+            momentum: Vec::new(),
+            trainable: false,
+        });
+        ParamId(self.params.len() - 1)
+    }
+
+    /// Writes new values of non-trainable state (from [`crate::autograd::Tape::take_state_updates`]).
+    pub fn apply_state_updates(&mut self, updates: Vec<(ParamId, Array2<f32>)>) {
+        for (id, value) in updates {
+            self.params[id.0].value = ParamValue::Dense(value);
+        }
     }
 
     /// The parameter behind `id`.

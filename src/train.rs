@@ -4,6 +4,7 @@
 //! sparse-learning controller. It reports through an [`Observer`] and never
 //! prints: the CLI decides what to show.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,24 +13,27 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use crate::autograd::{Gradients, Tape};
+use crate::autograd::{Gradients, Tape, Workspace};
 use crate::checkpoint::{Checkpoint, Contents, restore_params};
+use crate::conv::ImageShape;
 use crate::data::{Batch, Dataset, Splits, epoch_order};
 use crate::error::{Error, Result};
-use crate::nn::{LENET_300_100, Mlp, Model, WeightInit, WeightKind};
+use crate::nn::{
+    ActivationShape, Architecture, Layer, ParamBuilder, Sequential, WeightInit, WeightKind,
+};
 use crate::optim::{Sgd, StepLr};
 use crate::params::{ParamStore, ParamValue};
 use crate::sparsity::{
-    Distribution, MaskUpdate, MaskUpdates, Method, RegrownWeight, Rules, RunLength, SparseLearning,
-    SparseLearningConfig, check_density, layer_counts,
+    Distribution, LayerShape, MaskUpdate, MaskUpdates, Method, RegrownWeight, Rules, RunLength,
+    SparseLearning, SparseLearningConfig, check_density, layer_counts,
 };
 
 /// Everything that defines a training run. [`Default`] is the reference
 /// library's MNIST setup: LeNet-300-100 at 5 % density, 100 epochs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
-    /// Layer widths, input first (`[784, 300, 100, 10]`).
-    pub widths: Vec<usize>,
+    /// The network (LeNet-300-100 by default).
+    pub model: Architecture,
     /// Passes over the training set.
     pub epochs: usize,
     /// Samples per optimizer step.
@@ -99,7 +103,7 @@ impl Default for SparseSettings {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            widths: LENET_300_100.to_vec(),
+            model: Architecture::default(),
             epochs: 100,
             batch_size: 100,
             lr: 0.1,
@@ -287,7 +291,9 @@ pub struct Trainer {
     config: TrainConfig,
     data: Splits,
     store: ParamStore,
-    model: Mlp,
+    model: Sequential,
+    /// Scratch buffers (im2col) kept from step to step.
+    workspace: Workspace,
     sgd: Sgd,
     schedule: StepLr,
     sparse: Option<SparseLearning>,
@@ -340,37 +346,8 @@ impl Trainer {
         if data.train.is_empty() {
             return Err(Error::config("train-samples", "the training set is empty"));
         }
-        let (first, last) = (config.widths[0], *config.widths.last().unwrap_or(&0));
-        if first != data.train.num_features() || last != data.train.num_classes() {
-            return Err(Error::shape(
-                "Trainer::new",
-                format!(
-                    "the model maps {first} inputs to {last} classes, the data has {} features and {} classes",
-                    data.train.num_features(),
-                    data.train.num_classes()
-                ),
-            ));
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let shapes = Mlp::weight_shapes(&config.widths);
-        let kinds: Vec<WeightKind> = match &config.sparse {
-            None => vec![WeightKind::Dense; shapes.len()],
-            Some(s) => layer_counts(&shapes, s.density, s.distribution, &s.layer_densities)?
-                .into_iter()
-                .zip(&shapes)
-                .map(|(nnz, shape)| {
-                    // A full layer is stored dense: there is nothing to prune into.
-                    if nnz == shape.dims.iter().product::<usize>() {
-                        WeightKind::Dense
-                    } else {
-                        WeightKind::Sparse { nnz }
-                    }
-                })
-                .collect(),
-        };
-        let mut store = ParamStore::new();
-        let model = Mlp::new(&mut store, &config.widths, &kinds, config.init, &mut rng)?;
-
+        let (store, model) =
+            build_model(&config, data.train.image_shape(), data.train.num_classes())?;
         let steps_per_epoch = data.train.len().div_ceil(config.batch_size);
         let length = RunLength {
             steps_per_epoch,
@@ -424,6 +401,7 @@ impl Trainer {
             data,
             store,
             model,
+            workspace: Workspace::new(),
             sparse,
             steps_done: 0,
             epochs_done: 0,
@@ -587,7 +565,8 @@ impl Trainer {
         let order = epoch_order(self.data.train.len(), self.config.seed, epoch);
         let batches: Vec<&[usize]> = order.chunks(self.config.batch_size).collect();
         let (mut batch, mut next) = (Batch::default(), Batch::default());
-        self.data.train.gather_batch(batches[0], &mut batch);
+        let images = self.takes_images();
+        gather(&self.data.train, images, batches[0], &mut batch);
         let mut pass = Pass {
             samples: order.len(),
             ..Pass::default()
@@ -595,16 +574,24 @@ impl Trainer {
         for i in 0..batches.len() {
             // Copy the next batch out while this one trains: the copy is a
             // transposition that would otherwise sit on the critical path.
+            let workspace = std::mem::take(&mut self.workspace);
             let (result, ()) = rayon::join(
-                || self.forward_backward(&mut batch),
+                || self.forward_backward(&mut batch, workspace),
                 || {
                     if let Some(indices) = batches.get(i + 1) {
-                        self.data.train.gather_batch(indices, &mut next);
+                        gather(&self.data.train, images, indices, &mut next);
                     }
                 },
             );
             std::mem::swap(&mut batch, &mut next);
-            let (loss, hits, mut grads) = result?;
+            let (step_result, workspace) = result;
+            self.workspace = workspace;
+            let StepResult {
+                loss,
+                hits,
+                mut grads,
+                state_updates,
+            } = step_result?;
             if !loss.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss,
@@ -615,6 +602,7 @@ impl Trainer {
             let step = self.steps_done;
             self.sgd
                 .step(&mut self.store, &grads, self.schedule.lr(step))?;
+            self.store.apply_state_updates(state_updates);
             self.steps_done += 1;
             if let Some(sparse) = &mut self.sparse {
                 sparse.observe(&self.store, &mut grads, step);
@@ -642,24 +630,45 @@ impl Trainer {
     }
 
     /// The loss, the number of correct predictions, and the gradients of one
-    /// batch. The batch's inputs move onto the tape and back (no copy).
-    fn forward_backward(&self, batch: &mut Batch) -> Result<(f32, usize, Gradients)> {
-        let mut tape = Tape::new(&self.store);
+    /// batch. The batch's inputs move onto the tape and back (no copy); the
+    /// workspace comes back whatever happened.
+    fn forward_backward(
+        &self,
+        batch: &mut Batch,
+        workspace: Workspace,
+    ) -> (Result<StepResult>, Workspace) {
+        let mut tape = Tape::with_workspace(&self.store, workspace);
+        // Dropout's random numbers: one stream per step, so a resumed run draws the same.
+        let mut dropout_rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ DROPOUT_SEED);
+        dropout_rng.set_stream(self.steps_done as u64);
+        tape.set_rng(dropout_rng);
         if let Some(sparse) = &self.sparse {
             sparse.prepare(&mut tape, self.steps_done);
         }
         let x = tape.input(std::mem::take(&mut batch.inputs));
-        let logits = self.model.forward(&mut tape, x)?;
-        let hits = predictions(tape.value(logits))
-            .iter()
-            .zip(&batch.labels)
-            .filter(|(p, l)| p == l)
-            .count();
-        let loss_var = tape.softmax_cross_entropy(logits, &batch.labels)?;
-        let grads = tape.backward(loss_var)?;
-        let loss = tape.value(loss_var)[(0, 0)];
-        batch.inputs = tape.into_value(x);
-        Ok((loss, hits, grads))
+        let result = (|| {
+            let logits = self.model.run(&mut tape, x)?;
+            let hits = predictions(tape.value(logits))
+                .iter()
+                .zip(&batch.labels)
+                .filter(|(p, l)| p == l)
+                .count();
+            let loss_var = tape.softmax_cross_entropy(logits, &batch.labels)?;
+            let grads = tape.backward(loss_var)?;
+            Ok(StepResult {
+                loss: tape.value(loss_var)[(0, 0)],
+                hits,
+                grads,
+                state_updates: tape.take_state_updates(),
+            })
+        })();
+        batch.inputs = tape.take_value(x);
+        (result, tape.into_workspace())
+    }
+
+    /// Whether the model takes images (else feature vectors).
+    fn takes_images(&self) -> bool {
+        matches!(self.model.input_shape(), ActivationShape::Image(_))
     }
 
     /// Accuracy and mean loss of the current model on `data`.
@@ -668,22 +677,31 @@ impl Trainer {
     }
 
     fn evaluate_in_pool(&self, data: &Dataset) -> Result<Evaluation> {
-        const EVAL_BATCH: usize = 1000;
+        // Big batches are faster for fully connected networks; a convolutional
+        // one keeps its training batch, whose activations already fit in memory.
+        let eval_batch = if self.takes_images() {
+            self.config.batch_size
+        } else {
+            self.config.batch_size.max(1000)
+        };
         let order: Vec<usize> = (0..data.len()).collect();
         let mut batch = Batch::default();
         let mut confusion = vec![vec![0usize; data.num_classes()]; data.num_classes()];
         let mut loss_sum = 0.0f64;
-        for indices in order.chunks(EVAL_BATCH) {
-            data.gather_batch(indices, &mut batch);
-            let mut tape = Tape::new(&self.store);
+        let mut workspace = Workspace::new();
+        for indices in order.chunks(eval_batch) {
+            gather(data, self.takes_images(), indices, &mut batch);
+            let mut tape = Tape::with_workspace(&self.store, workspace);
+            tape.set_training(false);
             let x = tape.input(std::mem::take(&mut batch.inputs));
-            let logits = self.model.forward(&mut tape, x)?;
+            let logits = self.model.run(&mut tape, x)?;
             for (&predicted, &label) in predictions(tape.value(logits)).iter().zip(&batch.labels) {
                 confusion[label][predicted] += 1;
             }
             let loss = tape.softmax_cross_entropy(logits, &batch.labels)?;
             loss_sum += tape.value(loss)[(0, 0)] as f64 * indices.len() as f64;
-            batch.inputs = tape.into_value(x);
+            batch.inputs = tape.take_value(x);
+            workspace = tape.into_workspace();
         }
         let correct: usize = (0..confusion.len()).map(|c| confusion[c][c]).sum();
         let samples = data.len().max(1);
@@ -711,10 +729,10 @@ impl Trainer {
     /// Every weight matrix (biases left out): name, shape, stored entries.
     pub fn layers(&self) -> Vec<LayerInfo> {
         self.model
-            .layers()
-            .iter()
-            .map(|layer| {
-                let param = self.store.get(layer.weight);
+            .weights()
+            .into_iter()
+            .map(|id| {
+                let param = self.store.get(id);
                 LayerInfo {
                     name: param.name.clone(),
                     shape: param.value.shape(),
@@ -723,6 +741,11 @@ impl Trainer {
                 }
             })
             .collect()
+    }
+
+    /// The network.
+    pub fn model(&self) -> &Sequential {
+        &self.model
     }
 
     /// Threads in the trainer's pool.
@@ -753,6 +776,85 @@ impl Trainer {
     /// The data splits.
     pub fn data(&self) -> &Splits {
         &self.data
+    }
+}
+
+/// The network `config` describes, for `image` inputs and `classes` classes,
+/// with its parameters: each weight matrix stored as `config.sparse` says
+/// (exact counts per layer, sparse ones drawn directly in CSR form), initial
+/// values drawn from `config.seed`.
+pub fn build_model(
+    config: &TrainConfig,
+    image: ImageShape,
+    classes: usize,
+) -> Result<(ParamStore, Sequential)> {
+    let shapes = config.model.weight_shapes(image, classes)?;
+    let kinds = weight_kinds(&shapes, config.sparse.as_ref())?;
+    let mut store = ParamStore::new();
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut builder = ParamBuilder::new(&mut store, kinds, config.init, &mut rng);
+    let model = config.model.build(&mut builder, image, classes)?;
+    let fits = match model.input_shape() {
+        ActivationShape::Features(n) => n == image.len(),
+        ActivationShape::Image(shape) => shape == image,
+    };
+    if !fits || model.final_shape() != ActivationShape::Features(classes) {
+        return Err(Error::shape(
+            "build_model",
+            format!(
+                "the model maps {} to {}, the data has {} ({} features) and {classes} classes",
+                model.input_shape(),
+                model.final_shape(),
+                ActivationShape::Image(image),
+                image.len()
+            ),
+        ));
+    }
+    Ok((store, model))
+}
+
+/// How each weight matrix is stored: every one dense for a dense run, else
+/// the exact counts of the layer distribution, a full layer dense (there is
+/// nothing to prune into).
+fn weight_kinds(
+    shapes: &[LayerShape],
+    sparse: Option<&SparseSettings>,
+) -> Result<HashMap<String, WeightKind>> {
+    let counts = match sparse {
+        None => shapes.iter().map(|s| s.dims.iter().product()).collect(),
+        Some(s) => layer_counts(shapes, s.density, s.distribution, &s.layer_densities)?,
+    };
+    Ok(shapes
+        .iter()
+        .zip(counts)
+        .map(|(shape, nnz)| {
+            let kind = if nnz == shape.dims.iter().product::<usize>() {
+                WeightKind::Dense
+            } else {
+                WeightKind::Sparse { nnz }
+            };
+            (shape.name.clone(), kind)
+        })
+        .collect())
+}
+
+/// Seeds dropout's random numbers apart from shuffling's (same seed, other bits).
+const DROPOUT_SEED: u64 = 0xD0_0D;
+
+/// What one training step computed.
+struct StepResult {
+    loss: f32,
+    hits: usize,
+    grads: Gradients,
+    state_updates: Vec<(crate::params::ParamId, ndarray::Array2<f32>)>,
+}
+
+/// Copies samples `indices` of `data` into `batch` in the model's layout.
+fn gather(data: &Dataset, images: bool, indices: &[usize], batch: &mut Batch) {
+    if images {
+        data.gather_images(indices, batch);
+    } else {
+        data.gather_batch(indices, batch);
     }
 }
 

@@ -8,6 +8,8 @@
 use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use sparsetrain::autograd::BatchNormParams;
+use sparsetrain::conv::{ConvGeometry, ImageShape};
 use sparsetrain::prelude::*;
 
 const STEP: f64 = 1e-2;
@@ -80,7 +82,7 @@ fn check(store: &ParamStore, inputs: &[Array2<f32>], build: impl Fn(&mut Tape, &
             );
         }
     }
-    for (id, param) in store.iter() {
+    for (id, param) in store.iter().filter(|(_, p)| p.trainable) {
         let analytic = grads
             .param(id)
             .expect("every parameter gets a gradient")
@@ -202,5 +204,246 @@ fn a_whole_layer_stack_gradients() {
         let y = tape.matmul(w2, h).unwrap();
         let y = tape.add_bias(b2, y).unwrap();
         tape.softmax_cross_entropy(y, &[0, 2, 1, 2]).unwrap()
+    });
+}
+
+/// Filters `out × patch` for `geometry`, each weight kept with probability
+/// `density`, and every weight of input channel `unread` removed, so the
+/// convolution skips that channel.
+fn sparse_filters(
+    rng: &mut ChaCha8Rng,
+    out: usize,
+    geometry: &ConvGeometry,
+    density: f64,
+    unread: Option<usize>,
+) -> SparseMatrix {
+    let per_channel = geometry.kernel.0 * geometry.kernel.1;
+    let dense = Array2::from_shape_fn((out, geometry.patch_len()), |(_, col)| {
+        let keep = rng.random::<f64>() < density && Some(col / per_channel) != unread;
+        if keep {
+            rng.random_range(-1.0f32..1.0)
+        } else {
+            0.0
+        }
+    });
+    SparseMatrix::from_dense(dense.view())
+}
+
+/// A batch of `batch` images of `geometry`'s input, as a tape value.
+fn images(rng: &mut ChaCha8Rng, geometry: &ConvGeometry, batch: usize) -> Array2<f32> {
+    random_array(
+        rng,
+        (
+            geometry.in_channels,
+            batch * geometry.height * geometry.width,
+        ),
+    )
+}
+
+#[test]
+fn sparse_conv2d_gradients_with_stride_padding_and_an_unread_channel() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let geometry = ConvGeometry {
+        in_channels: 3,
+        height: 5,
+        width: 6,
+        kernel: (3, 2),
+        stride: 2,
+        padding: 1,
+    };
+    let w = sparse_filters(&mut rng, 4, &geometry, 0.5, Some(1));
+    assert!(w.nnz() > 0);
+    let mut store = ParamStore::new();
+    let id = store.add("w", ParamValue::Sparse(w));
+    let x = images(&mut rng, &geometry, 2);
+    check(&store, &[x], |tape, v| {
+        tape.conv2d(id, v[0], geometry).unwrap()
+    });
+}
+
+#[test]
+fn sparse_conv2d_gradients_at_full_density_and_empty() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let geometry = ConvGeometry {
+        in_channels: 2,
+        height: 4,
+        width: 4,
+        kernel: (3, 3),
+        stride: 1,
+        padding: 0,
+    };
+    for density in [1.0, 0.0] {
+        let w = sparse_filters(&mut rng, 3, &geometry, density, None);
+        let mut store = ParamStore::new();
+        let id = store.add("w", ParamValue::Sparse(w));
+        let x = images(&mut rng, &geometry, 3);
+        check(&store, &[x], |tape, v| {
+            tape.conv2d(id, v[0], geometry).unwrap()
+        });
+    }
+}
+
+#[test]
+fn dense_conv2d_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let geometry = ConvGeometry {
+        in_channels: 2,
+        height: 5,
+        width: 4,
+        kernel: (2, 2),
+        stride: 1,
+        padding: 1,
+    };
+    let mut store = ParamStore::new();
+    let w = random_array(&mut rng, (3, geometry.patch_len()));
+    let id = store.add("w", ParamValue::Dense(w));
+    let x = images(&mut rng, &geometry, 2);
+    check(&store, &[x], |tape, v| {
+        tape.conv2d(id, v[0], geometry).unwrap()
+    });
+}
+
+#[test]
+fn max_pool2d_gradients() {
+    // Distinct values 0.05 apart: no finite-difference step changes a maximum.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let shape = ImageShape {
+        channels: 2,
+        height: 5,
+        width: 6,
+    };
+    let mut values: Vec<f32> = (0..2 * 2 * 30).map(|i| i as f32 * 0.05 - 3.0).collect();
+    rand::seq::SliceRandom::shuffle(&mut values[..], &mut rng);
+    let x = Array2::from_shape_vec((2, 2 * 30), values).unwrap();
+    for (size, stride) in [(2, 2), (3, 1), (2, 3)] {
+        check(&ParamStore::new(), std::slice::from_ref(&x), |tape, v| {
+            tape.max_pool2d(v[0], shape, size, stride).unwrap()
+        });
+    }
+}
+
+#[test]
+fn global_avg_pool_and_flatten_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let shape = ImageShape {
+        channels: 3,
+        height: 2,
+        width: 3,
+    };
+    let x = random_array(&mut rng, (3, 4 * 6));
+    check(&ParamStore::new(), std::slice::from_ref(&x), |tape, v| {
+        tape.global_avg_pool(v[0], shape).unwrap()
+    });
+    check(&ParamStore::new(), &[x], |tape, v| {
+        tape.flatten(v[0], shape).unwrap()
+    });
+}
+
+/// γ, β (trainable) and running statistics (state) for `channels` channels.
+fn batch_norm_params(
+    rng: &mut ChaCha8Rng,
+    store: &mut ParamStore,
+    channels: usize,
+) -> BatchNormParams {
+    BatchNormParams {
+        gamma: store.add(
+            "gamma",
+            ParamValue::Dense(random_array(rng, (channels, 1)) + 1.5),
+        ),
+        beta: store.add("beta", ParamValue::Dense(random_array(rng, (channels, 1)))),
+        running_mean: store.add_state("mean", random_array(rng, (channels, 1))),
+        running_var: store.add_state("var", random_array(rng, (channels, 1)) + 2.0),
+    }
+}
+
+#[test]
+fn batch_norm_gradients_in_training_mode() {
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let mut store = ParamStore::new();
+    let bn = batch_norm_params(&mut rng, &mut store, 3);
+    let x = random_array(&mut rng, (3, 8)) * 2.0;
+    check(&store, &[x], |tape, v| tape.batch_norm(v[0], &bn).unwrap());
+}
+
+#[test]
+fn batch_norm_gradients_in_evaluation_mode() {
+    let mut rng = ChaCha8Rng::seed_from_u64(14);
+    let mut store = ParamStore::new();
+    let bn = batch_norm_params(&mut rng, &mut store, 2);
+    let x = random_array(&mut rng, (2, 6));
+    check(&store, &[x], |tape, v| {
+        tape.set_training(false);
+        tape.batch_norm(v[0], &bn).unwrap()
+    });
+}
+
+#[test]
+fn add_and_dropout_gradients() {
+    let mut rng = ChaCha8Rng::seed_from_u64(15);
+    let (a, b) = (
+        random_array(&mut rng, (3, 5)),
+        random_array(&mut rng, (3, 5)),
+    );
+    check(&ParamStore::new(), &[a, b], |tape, v| {
+        // `a` feeds both summands: its gradients add up.
+        let sum = tape.add(v[0], v[1]).unwrap();
+        tape.add(sum, v[0]).unwrap()
+    });
+    let x = random_array(&mut rng, (4, 6));
+    check(&ParamStore::new(), &[x], |tape, v| {
+        // The same mask for every evaluation: the same random numbers.
+        tape.set_rng(ChaCha8Rng::seed_from_u64(3));
+        tape.dropout(v[0], 0.4).unwrap()
+    });
+}
+
+#[test]
+fn a_whole_conv_stack_gradients() {
+    // As in a small VGG: sparse conv, batch norm, ReLU, max pool, flatten,
+    // sparse fully connected layer, loss.
+    let mut rng = ChaCha8Rng::seed_from_u64(16);
+    let geometry = ConvGeometry {
+        in_channels: 2,
+        height: 6,
+        width: 6,
+        kernel: (3, 3),
+        stride: 1,
+        padding: 1,
+    };
+    let mut store = ParamStore::new();
+    let conv = store.add(
+        "conv",
+        ParamValue::Sparse(sparse_filters(&mut rng, 3, &geometry, 0.6, None)),
+    );
+    let bn = batch_norm_params(&mut rng, &mut store, 3);
+    let fc = store.add(
+        "fc",
+        ParamValue::Sparse(
+            SparseMatrix::random(4, 27, 40, &mut rng, |r| r.random_range(-1.0f32..1.0)).unwrap(),
+        ),
+    );
+    let x = images(&mut rng, &geometry, 3);
+    let pooled = ImageShape {
+        channels: 3,
+        height: 6,
+        width: 6,
+    };
+    check(&store, &[x], |tape, v| {
+        let h = tape.conv2d(conv, v[0], geometry).unwrap();
+        let h = tape.batch_norm(h, &bn).unwrap();
+        let h = tape.relu(h);
+        let h = tape.max_pool2d(h, pooled, 2, 2).unwrap();
+        let h = tape
+            .flatten(
+                h,
+                ImageShape {
+                    height: 3,
+                    width: 3,
+                    ..pooled
+                },
+            )
+            .unwrap();
+        let y = tape.matmul(fc, h).unwrap();
+        tape.softmax_cross_entropy(y, &[0, 3, 1]).unwrap()
     });
 }

@@ -5,6 +5,9 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use sparsetrain::autograd::Tape;
+use sparsetrain::conv::ConvGeometry;
+use sparsetrain::params::{ParamStore, ParamValue};
 use sparsetrain::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
 
 /// A random sparse matrix, an input `x` (cols × batch) and an output
@@ -144,5 +147,112 @@ fn results_are_bit_identical_for_any_thread_count() {
     let one = run(1);
     for threads in [2, 3, 7] {
         assert!(one == run(threads), "{threads} threads differ from 1");
+    }
+}
+
+/// A convolution computed by its definition, in f64: the output, the input
+/// gradient and the full weight gradient for the output gradient `dy`.
+fn direct_convolution(
+    g: &ConvGeometry,
+    batch: usize,
+    w: &Array2<f32>,
+    x: &Array2<f32>,
+    dy: &Array2<f32>,
+) -> (Array2<f64>, Array2<f64>, Array2<f64>) {
+    let (out_h, out_w) = g.output_size().unwrap();
+    let (kh, kw) = g.kernel;
+    let mut y = Array2::zeros((w.nrows(), batch * out_h * out_w));
+    let mut dx = Array2::zeros(x.dim());
+    let mut dw = Array2::zeros(w.dim());
+    for o in 0..w.nrows() {
+        for b in 0..batch {
+            for oy in 0..out_h {
+                for ox in 0..out_w {
+                    let out = b * out_h * out_w + oy * out_w + ox;
+                    for c in 0..g.in_channels {
+                        for i in 0..kh {
+                            for j in 0..kw {
+                                let iy = (oy * g.stride + i) as isize - g.padding as isize;
+                                let ix = (ox * g.stride + j) as isize - g.padding as isize;
+                                if iy < 0
+                                    || ix < 0
+                                    || iy >= g.height as isize
+                                    || ix >= g.width as isize
+                                {
+                                    continue;
+                                }
+                                let pixel =
+                                    b * g.height * g.width + iy as usize * g.width + ix as usize;
+                                let k = (c * kh + i) * kw + j;
+                                y[(o, out)] += w[(o, k)] as f64 * x[(c, pixel)] as f64;
+                                dx[(c, pixel)] += w[(o, k)] as f64 * dy[(o, out)] as f64;
+                                dw[(o, k)] += dy[(o, out)] as f64 * x[(c, pixel)] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    (y, dx, dw)
+}
+
+fn assert_close_to_f64(actual: &Array2<f32>, expected: &Array2<f64>, what: &str) {
+    let expected: Vec<f32> = expected.iter().map(|&v| v as f32).collect();
+    assert_all_close(actual.as_slice().unwrap(), &expected, what);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(120))]
+
+    /// The sparse convolution (im2col, sparse kernels, col2im, with unread
+    /// rows and channels skipped) and the dense one against the definition.
+    #[test]
+    fn convolution_matches_a_direct_sum(
+        in_channels in 1usize..4,
+        out_channels in 1usize..5,
+        (height, width) in (1usize..8, 1usize..8),
+        kernel in (1usize..4, 1usize..4),
+        stride in 1usize..4,
+        padding in 0usize..3,
+        batch in 1usize..4,
+        density in prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0],
+        unread_channel in proptest::option::of(0usize..3),
+        seed in any::<u64>(),
+    ) {
+        let g = ConvGeometry { in_channels, height, width, kernel, stride, padding };
+        prop_assume!(g.output_size().is_ok());
+        let (out_h, out_w) = g.output_size().unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let per_channel = kernel.0 * kernel.1;
+        let dense = Array2::from_shape_fn((out_channels, g.patch_len()), |(_, k)| {
+            let kept = rng.random::<f64>() < density && Some(k / per_channel) != unread_channel;
+            if kept { rng.random_range(-1.0f32..1.0) } else { 0.0 }
+        });
+        let x = Array2::from_shape_simple_fn((in_channels, batch * height * width), || rng.random_range(-1.0f32..1.0));
+        let dy = Array2::from_shape_simple_fn((out_channels, batch * out_h * out_w), || rng.random_range(-1.0f32..1.0));
+        let (y_ref, dx_ref, dw_ref) = direct_convolution(&g, batch, &dense, &x, &dy);
+        let sparse = SparseMatrix::from_dense(dense.view());
+        let entries: Vec<(usize, usize)> = (0..sparse.rows())
+            .flat_map(|r| sparse.row(r).0.iter().map(move |&c| (r, c)).collect::<Vec<_>>())
+            .collect();
+        for value in [ParamValue::Sparse(sparse), ParamValue::Dense(dense.clone())] {
+            let is_sparse = matches!(value, ParamValue::Sparse(_));
+            let mut store = ParamStore::new();
+            let id = store.add("w", value);
+            let mut tape = Tape::new(&store);
+            let input = tape.input_with_grad(x.clone());
+            let y = tape.conv2d(id, input, g).unwrap();
+            assert_close_to_f64(tape.value(y), &y_ref, "forward");
+            let grads = tape.backward_with_seed(y, dy.clone()).unwrap();
+            assert_close_to_f64(grads.input(input).unwrap(), &dx_ref, "input gradient");
+            let dw = grads.param(id).unwrap().values();
+            let expected: Vec<f32> = if is_sparse {
+                entries.iter().map(|&(r, c)| dw_ref[(r, c)] as f32).collect()
+            } else {
+                dw_ref.iter().map(|&v| v as f32).collect()
+            };
+            assert_all_close(dw, &expected, "weight gradient");
+        }
     }
 }

@@ -6,39 +6,43 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use sparsetrain::conv::ImageShape;
 use sparsetrain::prelude::*;
 use sparsetrain::sparsity::{
     Distribution, GrowthChoice, GrowthRule, LayerView, MagnitudePrune, MaskUpdate, MaskUpdates,
     Method, MomentumRedistribution, MomentumWindow, PruneChoice, RedistributionChoice,
-    RegrownWeight, Regrowth, RunLength, Vacancies, apportion, layer_counts,
+    RegrownWeight, Regrowth, RunLength, Vacancies, apportion,
 };
+use sparsetrain::train::build_model;
 
 const WIDTHS: [usize; 4] = [20, 16, 12, 4];
 const BATCH: usize = 32;
 
 /// A small sparse MLP (30 % of each weight matrix) and its parameters.
-fn small_mlp(seed: u64) -> (ParamStore, Mlp) {
+fn small_mlp(seed: u64) -> (ParamStore, Sequential) {
     mlp_with(seed, Distribution::Uniform)
 }
 
 /// A small MLP at 30 % overall density, shared among layers by `distribution`.
-fn mlp_with(seed: u64, distribution: Distribution) -> (ParamStore, Mlp) {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut store = ParamStore::new();
-    let counts = layer_counts(&Mlp::weight_shapes(&WIDTHS), 0.3, distribution, &[]).unwrap();
-    let kinds: Vec<WeightKind> = counts
-        .into_iter()
-        .map(|nnz| WeightKind::Sparse { nnz })
-        .collect();
-    let mlp = Mlp::new(
-        &mut store,
-        &WIDTHS,
-        &kinds,
-        WeightInit::SparseFanIn,
-        &mut rng,
-    )
-    .unwrap();
-    (store, mlp)
+fn mlp_with(seed: u64, distribution: Distribution) -> (ParamStore, Sequential) {
+    let config = TrainConfig {
+        model: Architecture::Mlp {
+            widths: WIDTHS.to_vec(),
+        },
+        sparse: Some(SparseSettings {
+            density: 0.3,
+            distribution,
+            ..SparseSettings::default()
+        }),
+        seed,
+        ..TrainConfig::default()
+    };
+    let features = ImageShape {
+        channels: 1,
+        height: 1,
+        width: WIDTHS[0],
+    };
+    build_model(&config, features, WIDTHS[3]).unwrap()
 }
 
 /// A random batch of step `step` (the same for every caller).
@@ -55,7 +59,7 @@ fn batch(step: usize) -> (Array2<f32>, Vec<usize>) {
 /// One SGD step with the controller observing; true if a mask update is due.
 fn sgd_step(
     store: &mut ParamStore,
-    mlp: &Mlp,
+    mlp: &Sequential,
     controller: &mut SparseLearning,
     step: usize,
 ) -> bool {
@@ -64,7 +68,7 @@ fn sgd_step(
         let mut tape = Tape::new(store);
         controller.prepare(&mut tape, step);
         let x = tape.input(x);
-        let logits = mlp.forward(&mut tape, x).unwrap();
+        let logits = mlp.run(&mut tape, x).unwrap();
         let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
         tape.backward(loss).unwrap()
     };
@@ -81,7 +85,7 @@ fn sgd_step(
 /// [`sgd_step`], then the mask update if one is due.
 fn train_step(
     store: &mut ParamStore,
-    mlp: &Mlp,
+    mlp: &Sequential,
     controller: &mut SparseLearning,
     step: usize,
 ) -> Option<MaskUpdate> {
@@ -367,7 +371,7 @@ fn a_rule_that_breaks_its_contract_is_an_error_not_a_corruption() {
         let mut tape = Tape::new(&store);
         let (x, labels) = batch(4);
         let x = tape.input(x);
-        let logits = mlp.forward(&mut tape, x).unwrap();
+        let logits = mlp.run(&mut tape, x).unwrap();
         let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
         tape.backward(loss).unwrap()
     };

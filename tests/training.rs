@@ -98,7 +98,9 @@ fn divergence_is_an_error_naming_epoch_and_step() {
 #[test]
 fn a_model_that_does_not_fit_the_data_is_an_error() {
     let config = TrainConfig {
-        widths: vec![100, 10],
+        model: Architecture::Mlp {
+            widths: vec![100, 10],
+        },
         ..quick(Some(0.05), 1_000, 1)
     };
     let err = Trainer::new(config, &mnist().train, &mnist().test)
@@ -169,4 +171,26 @@ fn every_method_learns() {
             summary.density
         );
     }
+}
+
+#[test]
+fn sparse_momentum_trains_lenet5_with_every_layer_sparse() {
+    // 4 000 samples, 2 epochs (80 steps, two mask updates over conv and fc layers).
+    let config = TrainConfig {
+        model: Architecture::LeNet5,
+        ..quick(Some(0.05), 4_000, 2)
+    };
+    let (summary, trainer) = train(config);
+    assert!(
+        summary.test_accuracy > 0.85,
+        "test accuracy {}",
+        summary.test_accuracy
+    );
+    assert_eq!(trainer.layers().len(), 4);
+    assert!(trainer.layers().iter().all(|l| l.sparse));
+    assert_eq!(
+        trainer.layers().iter().map(|l| l.nnz).sum::<usize>(),
+        21_525,
+        "5 % of 430 500 weights, conserved"
+    );
 }

@@ -5,11 +5,12 @@
 
 use ndarray::Array2;
 
+use super::elementwise::{slice, slice_mut};
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
 use crate::dense::{gemm, sum};
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
-use crate::sparse::{sddmm, spmm, spmm_transposed};
+use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
 
 /// `Y = W·X` for a sparse `W`.
 #[derive(Debug)]
@@ -48,8 +49,9 @@ impl Tape<'_> {
                 ),
             ));
         }
-        let mut y = Array2::zeros((rows, x.ncols()));
-        let op = match &param.value {
+        let mut y = self.alloc(rows, x.ncols());
+        let x = self.value(input);
+        let op = match &self.params().get(weight).value {
             ParamValue::Sparse(w) => {
                 spmm(w, x.view(), y.view_mut());
                 Op::SparseMatmul(SparseMatmul { weight, input })
@@ -85,64 +87,86 @@ impl Tape<'_> {
         }
         // One pass, row by row: each row is contiguous and gets one scalar,
         // which vectorises (a broadcasting `x + b` walks a stride-0 operand).
-        let mut values = Vec::with_capacity(x.len());
-        let x_rows = x
-            .as_slice()
-            .expect("tape values are contiguous")
-            .chunks_exact(x.ncols().max(1));
-        for (row, &b) in x_rows.zip(b.iter()) {
-            values.extend(row.iter().map(|&v| v + b));
+        let (rows, cols) = x.dim();
+        let mut y = self.alloc(rows, cols);
+        let ParamValue::Dense(b) = &self.params().get(bias).value else {
+            unreachable!("checked above")
+        };
+        let x_rows = slice(self.value(input)).chunks_exact(cols.max(1));
+        let y_rows = slice_mut(&mut y).chunks_exact_mut(cols.max(1));
+        for ((out, row), &b) in y_rows.zip(x_rows).zip(b.iter()) {
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = v + b;
+            }
         }
-        let y = Array2::from_shape_vec(x.dim(), values).expect("same shape as x");
         Ok(self.push_op(y, Op::AddBias(AddBias { bias, input }), &[input], true))
     }
 }
 
 impl SparseMatmul {
     /// `dW = dY·Xᵀ` at the stored entries (SDDMM), `dX = Wᵀ·dY`.
-    pub(crate) fn backward(&self, dy: &Array2<f32>, pass: &mut BackwardPass) {
-        let ParamValue::Sparse(w) = pass.param(self.weight) else {
-            unreachable!("SparseMatmul is only recorded for sparse weights")
-        };
+    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
+        let dx = pass.needs_grad(self.input).then(|| {
+            let (rows, cols) = pass.value(self.input).dim();
+            let mut dx = pass.alloc(rows, cols);
+            spmm_transposed(self.weights(pass), dy.view(), dx.view_mut());
+            dx
+        });
+        let w = self.weights(pass);
         let x = pass.value(self.input);
         let mut dw = vec![0.0; w.nnz()];
         sddmm(w, dy.view(), x.view(), &mut dw);
-        let dx = pass.needs_grad(self.input).then(|| {
-            let mut dx = Array2::zeros(x.dim());
-            spmm_transposed(w, dy.view(), dx.view_mut());
-            dx
-        });
-        if pass.wants_factors(self.weight) {
-            let factors = GradientFactors {
-                output_grad: dy.clone(),
-                input: x.clone(),
-            };
-            pass.keep_factors(self.weight, factors);
-        }
+        let input = pass.wants_factors(self.weight).then(|| x.clone());
         pass.accumulate_param(self.weight, ParamGrad::Sparse(dw));
         if let Some(dx) = dx {
             pass.accumulate(self.input, dx);
+        }
+        match input {
+            Some(input) => pass.keep_factors(
+                self.weight,
+                GradientFactors {
+                    output_grad: dy,
+                    input,
+                },
+            ),
+            None => pass.recycle(dy),
+        }
+    }
+
+    fn weights<'a>(&self, pass: &'a BackwardPass) -> &'a SparseMatrix {
+        match pass.param(self.weight) {
+            ParamValue::Sparse(w) => w,
+            ParamValue::Dense(_) => {
+                unreachable!("SparseMatmul is only recorded for sparse weights")
+            }
         }
     }
 }
 
 impl DenseMatmul {
     /// `dW = dY·Xᵀ`, `dX = Wᵀ·dY`.
-    pub(crate) fn backward(&self, dy: &Array2<f32>, pass: &mut BackwardPass) {
-        let ParamValue::Dense(w) = pass.param(self.weight) else {
-            unreachable!("DenseMatmul is only recorded for dense weights")
-        };
+    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
+        let dx = pass.needs_grad(self.input).then(|| {
+            let (rows, cols) = pass.value(self.input).dim();
+            let mut dx = pass.alloc(rows, cols);
+            gemm(1.0, self.weights(pass).t(), dy.view(), 0.0, dx.view_mut());
+            dx
+        });
+        let w = self.weights(pass);
         let x = pass.value(self.input);
         let mut dw = Array2::zeros(w.dim());
         gemm(1.0, dy.view(), x.t(), 0.0, dw.view_mut());
-        let dx = pass.needs_grad(self.input).then(|| {
-            let mut dx = Array2::zeros(x.dim());
-            gemm(1.0, w.t(), dy.view(), 0.0, dx.view_mut());
-            dx
-        });
         pass.accumulate_param(self.weight, ParamGrad::Dense(dw));
         if let Some(dx) = dx {
             pass.accumulate(self.input, dx);
+        }
+        pass.recycle(dy);
+    }
+
+    fn weights<'a>(&self, pass: &'a BackwardPass) -> &'a Array2<f32> {
+        match pass.param(self.weight) {
+            ParamValue::Dense(w) => w,
+            ParamValue::Sparse(_) => unreachable!("DenseMatmul is only recorded for dense weights"),
         }
     }
 }

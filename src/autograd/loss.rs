@@ -78,7 +78,7 @@ impl Tape<'_> {
 
 impl SoftmaxCrossEntropy {
     /// `d loss / d z = (softmax(z) − onehot(label)) / batch`, times the upstream scalar.
-    pub(crate) fn backward(&self, upstream: &Array2<f32>, pass: &mut BackwardPass) {
+    pub(crate) fn backward(&self, upstream: Array2<f32>, pass: &mut BackwardPass) {
         let batch = self.labels.len();
         let scale = upstream[(0, 0)] / batch as f32;
         let mut dz = self.probabilities.mapv(|p| p * scale);

@@ -6,12 +6,23 @@
 //! | file | ops |
 //! |---|---|
 //! | `linear.rs` | [`Tape::matmul`] (sparse or dense weight), [`Tape::add_bias`] |
-//! | `activation.rs` | [`Tape::relu`] |
+//! | `conv.rs` | [`Tape::conv2d`] (im2col and a sparse or dense product) |
+//! | `pool.rs` | [`Tape::max_pool2d`], [`Tape::global_avg_pool`], [`Tape::flatten`] |
+//! | `norm.rs` | [`Tape::batch_norm`] |
+//! | `elementwise.rs` | [`Tape::relu`], [`Tape::add`], [`Tape::dropout`] |
 //! | `loss.rs` | [`Tape::softmax_cross_entropy`] |
+//!
+//! Big scratch buffers (im2col) come from a [`Workspace`] that outlives the tape.
 
-mod activation;
+mod conv;
+mod elementwise;
 mod linear;
 mod loss;
+mod norm;
+mod pool;
 mod tape;
+mod workspace;
 
+pub use norm::{BatchNormParams, EPSILON, RUNNING_MOMENTUM};
 pub use tape::{GradientFactors, Gradients, ParamGrad, Tape, Var};
+pub use workspace::Workspace;

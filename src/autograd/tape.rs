@@ -10,12 +10,20 @@
 //! The tape borrows the [`ParamStore`] for its whole life: parameters cannot
 //! change under a forward pass, and the optimizer can only run once the tape is
 //! gone. Gradients live outside the tape, in [`Gradients`], keyed by parameter.
+//! What a forward pass must change besides gradients (batch normalisation's
+//! running statistics) is returned by [`Tape::take_state_updates`] and applied
+//! by the caller afterwards.
 
 use ndarray::Array2;
+use rand::rngs::ChaCha8Rng;
 
-use super::activation::Relu;
+use super::conv::Conv2d;
+use super::elementwise::{Add, Dropout, Relu};
 use super::linear::{AddBias, DenseMatmul, SparseMatmul};
 use super::loss::SoftmaxCrossEntropy;
+use super::norm::BatchNorm;
+use super::pool::{Flatten, GlobalAvgPool, MaxPool2d};
+use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamStore, ParamValue};
 
@@ -33,6 +41,13 @@ pub(crate) enum Op {
     AddBias(AddBias),
     Relu(Relu),
     SoftmaxCrossEntropy(SoftmaxCrossEntropy),
+    Conv2d(Conv2d),
+    MaxPool2d(MaxPool2d),
+    GlobalAvgPool(GlobalAvgPool),
+    Flatten(Flatten),
+    BatchNorm(BatchNorm),
+    Add(Add),
+    Dropout(Dropout),
 }
 
 #[derive(Debug)]
@@ -50,6 +65,10 @@ pub struct Tape<'p> {
     params: &'p ParamStore,
     nodes: Vec<Node>,
     keep_factors: Vec<ParamId>,
+    workspace: Workspace,
+    training: bool,
+    rng: Option<ChaCha8Rng>,
+    state_updates: Vec<(ParamId, Array2<f32>)>,
 }
 
 /// The gradient of one parameter, aligned with [`ParamValue::values`].
@@ -127,13 +146,85 @@ impl Gradients {
 }
 
 impl<'p> Tape<'p> {
-    /// An empty tape over `params`.
+    /// An empty tape over `params`, in training mode.
     pub fn new(params: &'p ParamStore) -> Self {
+        Self::with_workspace(params, Workspace::new())
+    }
+
+    /// An empty tape that takes its scratch buffers from `workspace`; get it
+    /// back with [`Tape::into_workspace`].
+    pub fn with_workspace(params: &'p ParamStore, workspace: Workspace) -> Self {
         Tape {
             params,
             nodes: Vec::new(),
             keep_factors: Vec::new(),
+            workspace,
+            training: true,
+            rng: None,
+            state_updates: Vec::new(),
         }
+    }
+
+    /// Training mode (the default) or evaluation mode: batch normalisation
+    /// uses batch or running statistics, dropout drops or passes.
+    pub fn set_training(&mut self, training: bool) {
+        self.training = training;
+    }
+
+    /// Whether the tape records a training step.
+    pub fn training(&self) -> bool {
+        self.training
+    }
+
+    /// The random numbers for dropout; a trainer seeds one per step.
+    pub fn set_rng(&mut self, rng: ChaCha8Rng) {
+        self.rng = Some(rng);
+    }
+
+    /// Ends the tape, returning every value and scratch buffer to the pool.
+    pub fn into_workspace(mut self) -> Workspace {
+        for node in std::mem::take(&mut self.nodes) {
+            self.workspace.give(node.value);
+            match node.op {
+                Op::Conv2d(op) => op.release(&mut self.workspace),
+                Op::BatchNorm(op) => op.release(&mut self.workspace),
+                Op::Dropout(op) => op.release(&mut self.workspace),
+                _ => {}
+            }
+        }
+        self.workspace
+    }
+
+    /// The new values of non-trainable parameters this pass computed (batch
+    /// normalisation's running statistics), to be written after the step.
+    pub fn take_state_updates(&mut self) -> Vec<(ParamId, Array2<f32>)> {
+        std::mem::take(&mut self.state_updates)
+    }
+
+    /// Records a new value for a non-trainable parameter.
+    pub(crate) fn update_state(&mut self, id: ParamId, value: Array2<f32>) {
+        self.state_updates.push((id, value));
+    }
+
+    /// A `rows × cols` array from the pool, contents unspecified: the op
+    /// must write every value.
+    pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
+        self.workspace.array(rows, cols)
+    }
+
+    /// The dropout random numbers; an error if none were given.
+    pub(crate) fn rng(&mut self) -> Result<&mut ChaCha8Rng> {
+        self.rng.as_mut().ok_or_else(|| {
+            Error::shape(
+                "dropout",
+                "the tape has no random numbers (call Tape::set_rng)",
+            )
+        })
+    }
+
+    /// Whether the backward pass keeps the dense-gradient factors of `id`.
+    pub(crate) fn keeps_factors(&self, id: ParamId) -> bool {
+        self.keep_factors.contains(&id)
     }
 
     /// Feeds in data that needs no gradient (a batch of inputs).
@@ -156,9 +247,10 @@ impl<'p> Tape<'p> {
         &self.nodes[var.0].value
     }
 
-    /// Ends the tape, handing back the value of `var` (e.g. the input batch's
-    /// buffer, for reuse by the next batch).
-    pub fn into_value(mut self, var: Var) -> Array2<f32> {
+    /// Moves the value of `var` out, leaving an empty array (e.g. the input
+    /// batch's buffer, for reuse by the next batch): call it when the tape's
+    /// work is done.
+    pub fn take_value(&mut self, var: Var) -> Array2<f32> {
         std::mem::take(&mut self.nodes[var.0].value)
     }
 
@@ -197,7 +289,7 @@ impl<'p> Tape<'p> {
 
     /// Gradients of the scalar `loss` (a `1 × 1` value) with respect to every
     /// parameter and gradient-requiring input it depends on.
-    pub fn backward(&self, loss: Var) -> Result<Gradients> {
+    pub fn backward(&mut self, loss: Var) -> Result<Gradients> {
         let shape = self.value(loss).dim();
         if shape != (1, 1) {
             return Err(Error::shape(
@@ -211,7 +303,7 @@ impl<'p> Tape<'p> {
     }
 
     /// Vector–Jacobian product: gradients of `sum(seed ⊙ output)`.
-    pub fn backward_with_seed(&self, output: Var, seed: Array2<f32>) -> Result<Gradients> {
+    pub fn backward_with_seed(&mut self, output: Var, seed: Array2<f32>) -> Result<Gradients> {
         if seed.dim() != self.value(output).dim() {
             return Err(Error::shape(
                 "backward_with_seed",
@@ -223,7 +315,10 @@ impl<'p> Tape<'p> {
             ));
         }
         let mut pass = BackwardPass {
-            tape: self,
+            nodes: &self.nodes,
+            params: self.params,
+            keep_factors: &self.keep_factors,
+            workspace: &mut self.workspace,
             node_grads: (0..self.nodes.len()).map(|_| None).collect(),
             grads: Gradients {
                 params: vec![None; self.params.len()],
@@ -236,13 +331,22 @@ impl<'p> Tape<'p> {
             let Some(grad) = pass.node_grads[i].take() else {
                 continue;
             };
+            // Every op owns its output gradient: it passes the buffer on (as
+            // ReLU does) or gives it back to the pool when done reading it.
             match &node.op {
                 Op::Input => pass.grads.inputs[i] = Some(grad),
-                Op::SparseMatmul(op) => op.backward(&grad, &mut pass),
-                Op::DenseMatmul(op) => op.backward(&grad, &mut pass),
+                Op::SparseMatmul(op) => op.backward(grad, &mut pass),
+                Op::DenseMatmul(op) => op.backward(grad, &mut pass),
                 Op::AddBias(op) => op.backward(grad, &mut pass),
                 Op::Relu(op) => op.backward(grad, &node.value, &mut pass),
-                Op::SoftmaxCrossEntropy(op) => op.backward(&grad, &mut pass),
+                Op::SoftmaxCrossEntropy(op) => op.backward(grad, &mut pass),
+                Op::Conv2d(op) => op.backward(grad, &mut pass),
+                Op::MaxPool2d(op) => op.backward(grad, &mut pass),
+                Op::GlobalAvgPool(op) => op.backward(grad, &mut pass),
+                Op::Flatten(op) => op.backward(grad, &mut pass),
+                Op::BatchNorm(op) => op.backward(grad, &mut pass),
+                Op::Add(op) => op.backward(grad, &mut pass),
+                Op::Dropout(op) => op.backward(grad, &mut pass),
             }
         }
         Ok(pass.grads)
@@ -251,7 +355,10 @@ impl<'p> Tape<'p> {
 
 /// The state of one backward pass, handed to each op's `backward`.
 pub(crate) struct BackwardPass<'t, 'p> {
-    tape: &'t Tape<'p>,
+    nodes: &'t [Node],
+    params: &'p ParamStore,
+    keep_factors: &'t [ParamId],
+    workspace: &'t mut Workspace,
     node_grads: Vec<Option<Array2<f32>>>,
     grads: Gradients,
 }
@@ -259,26 +366,42 @@ pub(crate) struct BackwardPass<'t, 'p> {
 impl BackwardPass<'_, '_> {
     /// The forward value of a node.
     pub(crate) fn value(&self, var: Var) -> &Array2<f32> {
-        self.tape.value(var)
+        &self.nodes[var.0].value
     }
 
     /// The value of a parameter.
     pub(crate) fn param(&self, id: ParamId) -> &ParamValue {
-        &self.tape.params.get(id).value
+        &self.params.get(id).value
     }
 
     /// Whether `var` wants a gradient; ops skip computing ones nobody reads.
     pub(crate) fn needs_grad(&self, var: Var) -> bool {
-        self.tape.nodes[var.0].requires_grad
+        self.nodes[var.0].requires_grad
     }
 
-    /// Adds `grad` into `var`'s gradient (if `var` wants one).
+    /// A `rows × cols` array from the pool, contents unspecified: the op
+    /// must write every value.
+    pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
+        self.workspace.array(rows, cols)
+    }
+
+    /// Gives a buffer the op no longer needs back to the pool.
+    pub(crate) fn recycle(&mut self, array: Array2<f32>) {
+        self.workspace.give(array);
+    }
+
+    /// Adds `grad` into `var`'s gradient (if `var` wants one); a buffer no
+    /// longer needed goes back to the pool.
     pub(crate) fn accumulate(&mut self, var: Var, grad: Array2<f32>) {
         if !self.needs_grad(var) {
+            self.workspace.give(grad);
             return;
         }
         match &mut self.node_grads[var.0] {
-            Some(existing) => *existing += &grad,
+            Some(existing) => {
+                *existing += &grad;
+                self.workspace.give(grad);
+            }
             slot @ None => *slot = Some(grad),
         }
     }
@@ -293,7 +416,7 @@ impl BackwardPass<'_, '_> {
 
     /// Whether the factors of weight `id`'s dense gradient were asked for.
     pub(crate) fn wants_factors(&self, id: ParamId) -> bool {
-        self.tape.keep_factors.contains(&id)
+        self.keep_factors.contains(&id)
     }
 
     /// Keeps one pair of dense-gradient factors of weight `id`.

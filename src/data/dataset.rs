@@ -6,15 +6,18 @@
 //! makes batching ~4× cheaper. A feature's value is `pixel · scale + offset`;
 //! normalisation only changes `scale` and `offset`.
 //!
-//! The network wants a batch as `features × batch`, so that every weight's
-//! work is a contiguous run over the batch (see `docs/design.md`).
-//! [`Dataset::gather_batch`] transposes while it converts.
+//! The network wants a batch with the batch inner, so that every weight's
+//! work is a contiguous run over the batch (see `docs/design.md`): fully
+//! connected networks take `features × batch` ([`Dataset::gather_batch`]
+//! transposes while it converts), convolutional ones `channels × (batch ·
+//! height · width)` ([`Dataset::gather_images`]).
 
 use ndarray::{Array2, ArrayView2, s};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 
+use crate::conv::ImageShape;
 use crate::error::{Error, Result};
 
 /// Samples (one per row, as bytes) and their class labels.
@@ -23,6 +26,7 @@ pub struct Dataset {
     pixels: Array2<u8>,
     labels: Vec<usize>,
     num_classes: usize,
+    image: ImageShape,
     scale: f32,
     offset: f32,
 }
@@ -40,7 +44,8 @@ pub struct Normalization {
 /// One mini-batch in the network's layout.
 #[derive(Debug, Clone, Default)]
 pub struct Batch {
-    /// `features × batch`: column `j` is sample `j` of the batch.
+    /// `features × batch` (column `j` is sample `j`), or for images
+    /// `channels × (batch · height · width)`.
     pub inputs: Array2<f32>,
     /// The class of each column.
     pub labels: Vec<usize>,
@@ -48,7 +53,8 @@ pub struct Batch {
 
 impl Dataset {
     /// A dataset of `samples × features` pixels (values `pixel / 255`, in
-    /// `[0, 1]`) with one label per sample.
+    /// `[0, 1]`) with one label per sample. Each sample is taken as a one-row
+    /// image until [`Dataset::with_image_shape`] says otherwise.
     ///
     /// Fails if the counts disagree or a label is not below `num_classes`.
     pub fn new(pixels: Array2<u8>, labels: Vec<usize>, num_classes: usize) -> Result<Self> {
@@ -76,13 +82,43 @@ impl Dataset {
         } else {
             pixels.as_standard_layout().into_owned()
         };
+        let image = ImageShape {
+            channels: 1,
+            height: 1,
+            width: pixels.ncols(),
+        };
         Ok(Dataset {
             pixels,
             labels,
             num_classes,
+            image,
             scale: 1.0 / 255.0,
             offset: 0.0,
         })
+    }
+
+    /// The same samples read as images of `image` (channel-major: a sample's
+    /// features are channel 0's rows, then channel 1's, …).
+    pub fn with_image_shape(self, image: ImageShape) -> Result<Self> {
+        if image.len() != self.num_features() {
+            return Err(Error::shape(
+                "Dataset::with_image_shape",
+                format!(
+                    "{}×{}×{} images have {} values, the samples have {}",
+                    image.channels,
+                    image.height,
+                    image.width,
+                    image.len(),
+                    self.num_features()
+                ),
+            ));
+        }
+        Ok(Dataset { image, ..self })
+    }
+
+    /// The shape of one sample as an image.
+    pub fn image_shape(&self) -> ImageShape {
+        self.image
     }
 
     /// Number of samples.
@@ -189,15 +225,7 @@ impl Dataset {
             .as_slice()
             .expect("dataset pixels are contiguous");
         let (scale, offset) = (self.scale, self.offset);
-        // Reuse the batch's buffer: every value is overwritten below, so a
-        // buffer of the right size needs no clearing.
-        let mut values = std::mem::take(&mut batch.inputs)
-            .into_raw_vec_and_offset()
-            .0;
-        if values.len() != d * b {
-            values.clear();
-            values.resize(d * b, 0.0);
-        }
+        let mut values = reuse_buffer(batch, d * b);
         for (tile_index, tile) in indices.chunks(TILE).enumerate() {
             let first_column = tile_index * TILE;
             let mut first_feature = 0;
@@ -226,11 +254,53 @@ impl Dataset {
             }
         }
         batch.inputs = Array2::from_shape_vec((d, b), values).expect("d · batch values");
+        self.gather_labels(indices, batch);
+    }
+
+    /// Copies the samples `indices` into `batch` as images,
+    /// `channels × (batch · height · width)`: row `c` holds channel `c` of
+    /// every sample, one after the other.
+    pub fn gather_images(&self, indices: &[usize], batch: &mut Batch) {
+        let (b, d) = (indices.len(), self.num_features());
+        let (channels, plane) = (self.image.channels, self.image.plane());
+        let pixels = self
+            .pixels
+            .as_slice()
+            .expect("dataset pixels are contiguous");
+        let mut values = reuse_buffer(batch, d * b);
+        for (j, &sample) in indices.iter().enumerate() {
+            let image = &pixels[sample * d..][..d];
+            for (c, channel) in image.chunks_exact(plane).enumerate() {
+                let out = &mut values[(c * b + j) * plane..][..plane];
+                for (value, &pixel) in out.iter_mut().zip(channel) {
+                    *value = pixel as f32 * self.scale + self.offset;
+                }
+            }
+        }
+        batch.inputs =
+            Array2::from_shape_vec((channels, b * plane), values).expect("d · batch values");
+        self.gather_labels(indices, batch);
+    }
+
+    fn gather_labels(&self, indices: &[usize], batch: &mut Batch) {
         batch.labels.clear();
         batch
             .labels
             .extend(indices.iter().map(|&sample| self.labels[sample]));
     }
+}
+
+/// The batch's input buffer, resized to `len`: the gathers overwrite every
+/// value, so a buffer of the right size is reused without clearing.
+fn reuse_buffer(batch: &mut Batch, len: usize) -> Vec<f32> {
+    let mut values = std::mem::take(&mut batch.inputs)
+        .into_raw_vec_and_offset()
+        .0;
+    if values.len() != len {
+        values.clear();
+        values.resize(len, 0.0);
+    }
+    values
 }
 
 /// Training, validation and test sets, normalised with the training set's statistics.
@@ -251,15 +321,14 @@ impl Splits {
     /// the reference library does, and normalises every split with the mean
     /// and standard deviation of what remains for training.
     pub fn new(train: &Dataset, test: &Dataset, validation_fraction: f64) -> Result<Splits> {
-        if train.num_features() != test.num_features() || train.num_classes() != test.num_classes()
-        {
+        if train.image_shape() != test.image_shape() || train.num_classes() != test.num_classes() {
             return Err(Error::shape(
                 "Splits::new",
                 format!(
-                    "training data has {} features and {} classes, test data {} and {}",
-                    train.num_features(),
+                    "training data has {:?} samples and {} classes, test data {:?} and {}",
+                    train.image_shape(),
                     train.num_classes(),
-                    test.num_features(),
+                    test.image_shape(),
                     test.num_classes()
                 ),
             ));
@@ -315,6 +384,33 @@ mod tests {
             .fold(0.0f32, |m, &e| m.max(e));
         assert!(error < 1e-6, "{}", batch.inputs);
         assert_eq!(batch.labels, vec![2, 0]);
+    }
+
+    #[test]
+    fn gathered_images_are_channel_major_with_the_batch_inside() {
+        let two_channels = ImageShape {
+            channels: 2,
+            height: 1,
+            width: 2,
+        };
+        let data = Dataset::new(array![[0, 51, 102, 153], [204, 255, 0, 51]], vec![0, 1], 2)
+            .unwrap()
+            .with_image_shape(two_channels)
+            .unwrap();
+        let mut batch = Batch::default();
+        data.gather_images(&[1, 0], &mut batch);
+        // Row c: channel c of sample 1, then of sample 0.
+        let expected = array![[0.8, 1.0, 0.0, 0.2], [0.0, 0.2, 0.4, 0.6]];
+        let error = (&batch.inputs - &expected)
+            .mapv(f32::abs)
+            .fold(0.0f32, |m, &e| m.max(e));
+        assert!(error < 1e-6, "{}", batch.inputs);
+        assert_eq!(batch.labels, vec![1, 0]);
+        let wrong = ImageShape {
+            channels: 3,
+            ..two_channels
+        };
+        assert!(data.with_image_shape(wrong).is_err());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 
+use crate::conv::ImageShape;
 use crate::data::dataset::Dataset;
 use crate::data::idx::{IdxArray, read_idx};
 use crate::error::{Error, Result};
@@ -110,7 +111,13 @@ fn load_split(images_path: &Path, labels_path: &Path) -> Result<(Dataset, (usize
     let pixels = Array2::from_shape_vec((count, height * width), images.bytes)
         .expect("read_idx returned exactly count·height·width bytes");
     let labels = labels.bytes.iter().map(|&l| l as usize).collect();
-    Ok((Dataset::new(pixels, labels, NUM_CLASSES)?, (height, width)))
+    let image = ImageShape {
+        channels: 1,
+        height,
+        width,
+    };
+    let dataset = Dataset::new(pixels, labels, NUM_CLASSES)?.with_image_shape(image)?;
+    Ok((dataset, (height, width)))
 }
 
 fn image_dims(images: &IdxArray, path: &Path) -> Result<(usize, usize, usize)> {

@@ -34,7 +34,7 @@ impl Sgd {
     /// Fails with [`Error::MissingGradient`] if a parameter has none: a
     /// parameter the loss does not use is almost always a wiring mistake.
     pub fn step(&self, store: &mut ParamStore, grads: &Gradients, lr: f32) -> Result<()> {
-        for (id, param) in store.iter_mut() {
+        for (id, param) in store.iter_mut().filter(|(_, p)| p.trainable) {
             let grad = grads
                 .param(id)
                 .ok_or_else(|| Error::MissingGradient(param.name.clone()))?

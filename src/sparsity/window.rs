@@ -16,53 +16,73 @@ use crate::error::Result;
 /// Per sparse layer, what is needed to produce the `rows × cols` momentum of
 /// every position at the next mask update.
 #[derive(Debug)]
-pub(crate) enum DenseMomentum {
-    /// The window's gradient factors, stacked side by side. At the update,
-    /// `m = Σ_t β^(T−t) · dY_t · X_tᵀ` is one sgemm whose inner dimension is
-    /// all the window's samples: the same FLOPs as one product per step, but
-    /// with the packing cost paid once. The stacks are reused from window to
-    /// window; the `rows × cols` momentum exists only during the update.
-    Window {
-        decay: f32,
-        stacks: Vec<FactorStack>,
-        momentum: Vec<Option<Array2<f32>>>,
-    },
-    /// A dense buffer per layer updated every step (`m ← β·m + dY·Xᵀ`): the
-    /// exact dense-momentum reference, dense-sized for the whole run.
-    EveryStep {
-        decay: f32,
-        buffers: Vec<Option<Array2<f32>>>,
+pub(crate) struct DenseMomentum {
+    decay: f32,
+    /// Keep the momentum from one update to the next (the exact reference)
+    /// instead of starting every window from zero.
+    persistent: bool,
+    layers: Vec<LayerMomentum>,
+}
+
+/// One layer's dense momentum, held in whichever form is smaller.
+///
+/// A step's gradient arrives as factors `dY` (`rows × K`) and `X` (`cols ×
+/// K`), `K` the batch (times the output positions, for a convolution). When
+/// the factors are bigger than the `rows × cols` product, as for every
+/// convolution (`K` = batch · positions) and for small fully connected
+/// layers, the momentum is updated in place each step. Otherwise the window's
+/// factors are stacked and multiplied once at the update: the same FLOPs,
+/// with the product's packing cost paid once instead of every step.
+#[derive(Debug, Default)]
+enum LayerMomentum {
+    /// Nothing collected in this window yet.
+    #[default]
+    Empty,
+    /// `m ← β·m + dY·Xᵀ` every step.
+    Running(Array2<f32>),
+    /// The window's factors; `momentum` is their product once materialised.
+    Stacked {
+        stack: FactorStack,
+        momentum: Option<Array2<f32>>,
     },
 }
 
 impl DenseMomentum {
     pub(crate) fn new(window: MomentumWindow, decay: f32, layers: usize) -> Self {
-        match window {
-            MomentumWindow::LastSteps(_) => DenseMomentum::Window {
-                decay,
-                stacks: (0..layers).map(|_| FactorStack::default()).collect(),
-                momentum: vec![None; layers],
-            },
-            MomentumWindow::EveryStep => DenseMomentum::EveryStep {
-                decay,
-                buffers: vec![None; layers],
-            },
+        DenseMomentum {
+            decay,
+            persistent: window == MomentumWindow::EveryStep,
+            layers: (0..layers).map(|_| LayerMomentum::Empty).collect(),
         }
     }
 
     /// Adds one step's gradient of layer `layer` (as factors; several pairs if
-    /// the weight was used several times).
+    /// the weight was used several times, none if it was not used).
     pub(crate) fn accumulate(
         &mut self,
         layer: usize,
-        shape: (usize, usize),
+        (rows, cols): (usize, usize),
         factors: Vec<GradientFactors>,
     ) {
-        match self {
-            DenseMomentum::Window { stacks, .. } => stacks[layer].push(&factors),
-            DenseMomentum::EveryStep { decay, buffers } => {
-                let buffer = buffers[layer].get_or_insert_with(|| Array2::zeros(shape));
-                let mut beta = *decay;
+        let slot = &mut self.layers[layer];
+        if let LayerMomentum::Empty = slot {
+            let width: usize = factors.iter().map(|f| f.output_grad.ncols()).sum();
+            if width == 0 {
+                return; // No gradient yet: the momentum is still zero.
+            }
+            *slot = if self.persistent || rows * cols <= (rows + cols) * width {
+                LayerMomentum::Running(Array2::zeros((rows, cols)))
+            } else {
+                LayerMomentum::Stacked {
+                    stack: FactorStack::default(),
+                    momentum: None,
+                }
+            };
+        }
+        match slot {
+            LayerMomentum::Empty => unreachable!("chosen above"),
+            LayerMomentum::Running(buffer) => {
+                let mut beta = self.decay;
                 if factors.is_empty() {
                     *buffer *= beta;
                 }
@@ -77,44 +97,47 @@ impl DenseMomentum {
                     beta = 1.0;
                 }
             }
+            LayerMomentum::Stacked { stack, .. } => stack.push(&factors),
         }
     }
 
-    /// Turns the window's factors into dense momenta, ready for [`DenseMomentum::get`].
+    /// Makes every layer's momentum ready for [`DenseMomentum::get`]: the
+    /// stacked windows are multiplied out; a layer that saw no gradient gets zeros.
     pub(crate) fn materialize(&mut self, shapes: &[(usize, usize)]) {
-        let DenseMomentum::Window {
-            decay,
-            stacks,
-            momentum,
-        } = self
-        else {
-            return;
-        };
-        for ((stack, slot), &shape) in stacks.iter_mut().zip(momentum.iter_mut()).zip(shapes) {
-            *slot = Some(stack.momentum(*decay, shape));
+        for (slot, &shape) in self.layers.iter_mut().zip(shapes) {
+            match slot {
+                LayerMomentum::Empty => *slot = LayerMomentum::Running(Array2::zeros(shape)),
+                LayerMomentum::Running(_) => {}
+                LayerMomentum::Stacked { stack, momentum } => {
+                    *momentum = Some(stack.momentum(self.decay, shape));
+                }
+            }
         }
     }
 
     pub(crate) fn get(&self, layer: usize) -> Option<ArrayView2<'_, f32>> {
-        let slot = match self {
-            DenseMomentum::Window { momentum, .. } => &momentum[layer],
-            DenseMomentum::EveryStep { buffers, .. } => &buffers[layer],
-        };
-        slot.as_ref().map(|m| m.view())
+        match &self.layers[layer] {
+            LayerMomentum::Running(m)
+            | LayerMomentum::Stacked {
+                momentum: Some(m), ..
+            } => Some(m.view()),
+            _ => None,
+        }
     }
 
-    /// Adds what is held between steps (an open window, the exact buffers) to a checkpoint.
+    /// Adds what is held between steps (open windows, running momenta) to a checkpoint.
     pub(crate) fn save(&self, contents: &mut Contents) {
         let f32_tensor = |a: ArrayView2<f32>| {
             Tensor::F32(vec![a.nrows(), a.ncols()], a.iter().copied().collect())
         };
-        match self {
-            DenseMomentum::Window { stacks, .. } => {
-                for (i, stack) in stacks
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.step_starts.is_empty())
-                {
+        for (i, layer) in self.layers.iter().enumerate() {
+            match layer {
+                LayerMomentum::Empty => {}
+                LayerMomentum::Running(m) => contents.tensors.push((
+                    format!("sparse_learning.momentum.{i}"),
+                    f32_tensor(m.view()),
+                )),
+                LayerMomentum::Stacked { stack, .. } if !stack.step_starts.is_empty() => {
                     let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
                     contents.tensors.push((
                         key("grads"),
@@ -130,16 +153,7 @@ impl DenseMomentum {
                         Tensor::I64(vec![stack.step_starts.len()], starts),
                     ));
                 }
-            }
-            DenseMomentum::EveryStep { buffers, .. } => {
-                for (i, buffer) in buffers.iter().enumerate() {
-                    if let Some(buffer) = buffer {
-                        contents.tensors.push((
-                            format!("sparse_learning.momentum.{i}"),
-                            f32_tensor(buffer.view()),
-                        ));
-                    }
-                }
+                LayerMomentum::Stacked { .. } => {}
             }
         }
     }
@@ -153,37 +167,42 @@ impl DenseMomentum {
             let (shape, values) = checkpoint.f32(name)?;
             Ok(Array2::from_shape_vec((shape[0], shape.get(1).copied().unwrap_or(1)), values).ok())
         };
-        match self {
-            DenseMomentum::Window { stacks, .. } => {
-                for (i, stack) in stacks.iter_mut().enumerate() {
-                    let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
-                    if let (Some(grads), Some(inputs)) =
-                        (array(&key("grads"))?, array(&key("inputs"))?)
-                    {
-                        stack.filled = grads.ncols();
-                        stack.grads = grads;
-                        stack.inputs = inputs;
-                        stack.step_starts = checkpoint.indices(&key("step_starts"))?;
-                    }
+        for (i, slot) in self.layers.iter_mut().enumerate() {
+            let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
+            *slot = if let Some(m) = array(&format!("sparse_learning.momentum.{i}"))? {
+                LayerMomentum::Running(m)
+            } else if let (Some(grads), Some(inputs)) =
+                (array(&key("grads"))?, array(&key("inputs"))?)
+            {
+                let stack = FactorStack {
+                    filled: grads.ncols(),
+                    grads,
+                    inputs,
+                    step_starts: checkpoint.indices(&key("step_starts"))?,
+                };
+                LayerMomentum::Stacked {
+                    stack,
+                    momentum: None,
                 }
-            }
-            DenseMomentum::EveryStep { buffers, .. } => {
-                for (i, buffer) in buffers.iter_mut().enumerate() {
-                    *buffer = array(&format!("sparse_learning.momentum.{i}"))?;
-                }
-            }
+            } else {
+                LayerMomentum::Empty
+            };
         }
         Ok(())
     }
 
-    /// Drops what the window held; the exact buffers stay.
+    /// Ends a window: the stacks are emptied (their buffers kept for the next
+    /// window) and running momenta dropped, unless the momentum is persistent.
     pub(crate) fn end_window(&mut self) {
-        if let DenseMomentum::Window {
-            stacks, momentum, ..
-        } = self
-        {
-            stacks.iter_mut().for_each(FactorStack::clear);
-            momentum.iter_mut().for_each(|m| *m = None);
+        for slot in &mut self.layers {
+            match slot {
+                LayerMomentum::Running(_) if !self.persistent => *slot = LayerMomentum::Empty,
+                LayerMomentum::Stacked { stack, momentum } => {
+                    stack.clear();
+                    *momentum = None;
+                }
+                _ => {}
+            }
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use sparsetrain::nn::WeightInit;
+use sparsetrain::nn::{Architecture, WeightInit};
 use sparsetrain::sparsity::{
     Distribution, GrowthChoice, MaskUpdates, Method, MomentumWindow, PruneChoice,
     PruneRateSchedule, RedistributionChoice, RegrownMomentum, RegrownWeight,
@@ -54,6 +54,10 @@ pub struct TrainArgs {
     /// Do not draw the plots at the end of training.
     #[arg(long)]
     pub no_plots: bool,
+    /// The network: lenet300-100, lenet5 (LeNet-5-Caffe), mlp-W1-W2-… (any
+    /// widths, input first) or wrn-DEPTH-WIDTH (a Wide ResNet).
+    #[arg(long, default_value = "lenet300-100")]
+    pub model: Architecture,
     /// Passes over the training set [default: 100].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -141,6 +145,7 @@ impl TrainArgs {
             Some(self.sparse_settings()?)
         };
         let config = TrainConfig {
+            model: self.model.clone(),
             epochs: self.epochs.unwrap_or(DEFAULT_EPOCHS),
             batch_size: self.batch_size,
             lr: self.lr,
@@ -268,9 +273,16 @@ impl TrainArgs {
 
     /// The run directory's default name.
     pub fn default_run_name(&self, config: &TrainConfig) -> String {
+        let model = match &config.model {
+            m if *m == Architecture::default() => String::new(),
+            m => format!("{m}-"),
+        };
         match &config.sparse {
-            Some(sparse) => format!("{}-{}-seed{}", self.method, sparse.density, config.seed),
-            None => format!("dense-seed{}", config.seed),
+            Some(sparse) => format!(
+                "{model}{}-{}-seed{}",
+                self.method, sparse.density, config.seed
+            ),
+            None => format!("{model}dense-seed{}", config.seed),
         }
     }
 
@@ -281,6 +293,7 @@ impl TrainArgs {
             table.insert(key.to_string(), value);
         };
         set("data", self.common.data.display().to_string().into());
+        set("model", self.model.to_string().into());
         set(
             "epochs",
             (self.epochs.unwrap_or(DEFAULT_EPOCHS) as i64).into(),

@@ -15,11 +15,10 @@ use crate::args::{CliError, TrainArgs};
 pub fn print_banner(trainer: &Trainer, args: &TrainArgs, run_dir: &Path) {
     let config = trainer.config();
     let data = trainer.data();
-    let widths: Vec<String> = config.widths.iter().map(usize::to_string).collect();
     say!(
-        "sparsetrain {} · LeNet-300-100 ({}) · data {}",
+        "sparsetrain {} · {} · data {}",
         env!("CARGO_PKG_VERSION"),
-        widths.join("-"),
+        config.model.describe(),
         args.common.data.display()
     );
     say!("  {}", args.describe(config));

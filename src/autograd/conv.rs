@@ -1,0 +1,147 @@
+//! 2-D convolution on the tape: im2col, then the sparse (or dense) matrix product.
+
+use ndarray::Array2;
+
+use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
+use super::workspace::Workspace;
+use crate::conv::{ConvGeometry, col2im, im2col};
+use crate::dense::gemm;
+use crate::error::{Error, Result};
+use crate::params::{ParamId, ParamValue};
+use crate::sparse::{sddmm, spmm, spmm_transposed};
+
+/// `Y = W · im2col(X)` with `W` of shape `out × (in · kh · kw)`.
+#[derive(Debug)]
+pub(crate) struct Conv2d {
+    weight: ParamId,
+    input: Var,
+    geometry: ConvGeometry,
+    /// The im2col matrix, kept for the weight gradient; from the workspace.
+    cols: Array2<f32>,
+    /// The rows of `cols` (kernel offsets of input channels) the weight
+    /// reads; the others were not built, and get no gradient.
+    needed: Vec<bool>,
+}
+
+impl Tape<'_> {
+    /// Convolution of `input` (`in_channels × batch · height · width`) with
+    /// `weight` (`out × in_channels · kh · kw`, sparse or dense), giving
+    /// `out × batch · out_h · out_w`.
+    ///
+    /// With a sparse weight, the rows of im2col that no filter reads (whole
+    /// input channels, when no filter reads one) are neither built nor
+    /// differentiated — unless the step keeps the dense gradient for growth,
+    /// which needs every row.
+    pub fn conv2d(&mut self, weight: ParamId, input: Var, geometry: ConvGeometry) -> Result<Var> {
+        let (out_h, out_w) = geometry.output_size()?;
+        let x = self.value(input);
+        let batch = crate::conv::ImageShape {
+            channels: geometry.in_channels,
+            height: geometry.height,
+            width: geometry.width,
+        }
+        .batch_of("conv2d", x.dim())?;
+        let param = self.params().get(weight);
+        let (out_channels, patch) = param.value.shape();
+        if patch != geometry.patch_len() {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "`{}` is {out_channels}×{patch}, the geometry needs {} columns",
+                    param.name,
+                    geometry.patch_len()
+                ),
+            ));
+        }
+        let needed = match &param.value {
+            ParamValue::Sparse(w) if !self.keeps_factors(weight) => {
+                w.column_counts().iter().map(|&n| n > 0).collect()
+            }
+            _ => vec![true; geometry.patch_len()],
+        };
+        let columns = batch * out_h * out_w;
+        let mut cols = self.alloc(patch, columns);
+        let x = self
+            .value(input)
+            .as_slice()
+            .expect("tape values are contiguous");
+        im2col(
+            &geometry,
+            batch,
+            x,
+            &needed,
+            cols.as_slice_mut().expect("contiguous"),
+        );
+        let mut y = self.alloc(out_channels, columns);
+        match &self.params().get(weight).value {
+            ParamValue::Sparse(w) => spmm(w, cols.view(), y.view_mut()),
+            ParamValue::Dense(w) => gemm(1.0, w.view(), cols.view(), 0.0, y.view_mut()),
+        }
+        let op = Conv2d {
+            weight,
+            input,
+            geometry,
+            cols,
+            needed,
+        };
+        Ok(self.push_op(y, Op::Conv2d(op), &[input], true))
+    }
+}
+
+impl Conv2d {
+    /// `dW = dY · colsᵀ` (at the stored entries for a sparse weight), and
+    /// `dX = col2im(Wᵀ · dY)` for the channels the weight reads.
+    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
+        let weight = pass.param(self.weight);
+        let grad = match weight {
+            ParamValue::Sparse(w) => {
+                let mut dw = vec![0.0; w.nnz()];
+                sddmm(w, dy.view(), self.cols.view(), &mut dw);
+                ParamGrad::Sparse(dw)
+            }
+            ParamValue::Dense(w) => {
+                let mut dw = Array2::zeros(w.dim());
+                gemm(1.0, dy.view(), self.cols.t(), 0.0, dw.view_mut());
+                ParamGrad::Dense(dw)
+            }
+        };
+        let dx = pass.needs_grad(self.input).then(|| {
+            let (patch, columns) = self.cols.dim();
+            let mut dcols = pass.alloc(patch, columns);
+            match pass.param(self.weight) {
+                ParamValue::Sparse(w) => spmm_transposed(w, dy.view(), dcols.view_mut()),
+                ParamValue::Dense(w) => gemm(1.0, w.t(), dy.view(), 0.0, dcols.view_mut()),
+            }
+            let (rows, cols) = pass.value(self.input).dim();
+            let mut dx = pass.alloc(rows, cols);
+            let batch = cols / self.geometry.input_plane();
+            col2im(
+                &self.geometry,
+                batch,
+                dcols.as_slice().expect("contiguous"),
+                &self.needed,
+                dx.as_slice_mut().expect("contiguous"),
+            );
+            pass.recycle(dcols);
+            dx
+        });
+        pass.accumulate_param(self.weight, grad);
+        if let Some(dx) = dx {
+            pass.accumulate(self.input, dx);
+        }
+        if pass.wants_factors(self.weight) {
+            let factors = GradientFactors {
+                output_grad: dy,
+                input: self.cols.clone(),
+            };
+            pass.keep_factors(self.weight, factors);
+        } else {
+            pass.recycle(dy);
+        }
+    }
+
+    /// Returns the im2col buffer to the pool.
+    pub(crate) fn release(self, workspace: &mut Workspace) {
+        workspace.give(self.cols);
+    }
+}

@@ -1,0 +1,86 @@
+//! Buffers that outlive a training step, so big scratch arrays are reused
+//! instead of allocated (and zeroed) at every step.
+
+use ndarray::Array2;
+
+/// A pool of `f32` buffers. An op takes one of at least the length it needs,
+/// uses it, and it comes back to the pool when the tape ends
+/// ([`crate::autograd::Tape::into_workspace`]). A trainer keeps one pool for
+/// the whole run, so at steady state no step allocates its im2col buffers.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    free: Vec<Vec<f32>>,
+}
+
+impl Workspace {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A `rows × cols` array whose values are unspecified (left over from an
+    /// earlier use): the caller must write every value it reads.
+    pub fn array(&mut self, rows: usize, cols: usize) -> Array2<f32> {
+        let len = rows * cols;
+        // The smallest free buffer that is big enough, else a new one.
+        let best = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= len)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        let mut buffer = match best {
+            Some(i) => self.free.swap_remove(i),
+            None => Vec::with_capacity(len),
+        };
+        buffer.resize(len, 0.0);
+        Array2::from_shape_vec((rows, cols), buffer).expect("rows · cols values")
+    }
+
+    /// Returns an array's buffer to the pool.
+    pub fn give(&mut self, array: Array2<f32>) {
+        let (buffer, _) = array.into_raw_vec_and_offset();
+        if buffer.capacity() > 0 {
+            self.free.push(buffer);
+        }
+    }
+
+    /// Buffers waiting in the pool.
+    pub fn len(&self) -> usize {
+        self.free.len()
+    }
+
+    /// True if the pool holds no buffer.
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_by_size() {
+        let mut pool = Workspace::new();
+        let a = pool.array(10, 10);
+        let pointer = a.as_ptr();
+        pool.give(a);
+        let b = pool.array(5, 20);
+        assert_eq!(
+            b.as_ptr(),
+            pointer,
+            "the same allocation serves an array of the same length"
+        );
+        assert!(pool.is_empty());
+        pool.give(b);
+        let bigger = pool.array(20, 20);
+        assert_eq!(bigger.dim(), (20, 20));
+        assert_eq!(
+            pool.len(),
+            1,
+            "too small to reuse, the old buffer stays in the pool"
+        );
+    }
+}
