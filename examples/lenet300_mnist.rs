@@ -34,14 +34,7 @@ impl Observer for Report {
     }
 
     fn on_epoch(&mut self, s: &EpochStats) {
-        println!(
-            "epoch {:>3}: loss {:.4}, validation {:.2} %, test {:.2} %, {:.2} s",
-            s.epoch,
-            s.train_loss,
-            100.0 * s.validation_accuracy.unwrap_or(0.0),
-            100.0 * s.test_accuracy,
-            s.seconds
-        );
+        common::print_epoch(s);
     }
 }
 
@@ -63,11 +56,6 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
             layer.name, layer.shape.0, layer.shape.1, layer.nnz
         );
     }
-    let summary = trainer.run(&mut Report)?;
-    println!(
-        "test error {:.2} % after {} epochs",
-        100.0 * summary.test_error,
-        summary.epochs
-    );
+    common::train_to_the_end(&mut trainer, &mut Report)?;
     Ok(())
 }

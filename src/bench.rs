@@ -10,11 +10,12 @@ use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
+use crate::conv::{ConvGeometry, col2im, im2col};
 use crate::data::Dataset;
 use crate::dense::gemm;
 use crate::error::Result;
 use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
-use crate::train::{SparseSettings, TrainConfig, Trainer};
+use crate::train::{LayerInfo, SparseSettings, TrainConfig, Trainer};
 
 /// Time per training epoch of one configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -28,12 +29,16 @@ pub struct EpochTiming {
     /// Median over rounds of (dense epoch time / this epoch time), pairing
     /// epochs measured next to each other; 1 for the dense model.
     pub speedup_vs_dense: f64,
+    /// Every weight matrix at the end: stored entries, empty channels.
+    pub layers: Vec<LayerInfo>,
 }
 
 /// Times `rounds` training epochs of the dense model and of each density,
 /// interleaved. A measured epoch is everything training does in an epoch:
-/// batching, forward, backward, optimizer and — for sparse models — the
-/// dense-momentum window and the mask update at its end (evaluation excluded).
+/// batching, forward, backward, optimizer and — for sparse models with mask
+/// updates — the dense-momentum window and the update at its end (evaluation
+/// excluded). Everything else (the model, `train_samples`, whether masks
+/// change) comes from `base`.
 pub fn time_epochs(
     base: &TrainConfig,
     train: &Dataset,
@@ -71,13 +76,15 @@ pub fn time_epochs(
     Ok(configs
         .into_iter()
         .zip(seconds)
-        .map(|(density, times)| {
+        .zip(&trainers)
+        .map(|((density, times), trainer)| {
             let ratios: Vec<f64> = dense.iter().zip(&times).map(|(d, t)| d / t).collect();
             EpochTiming {
                 density,
                 median_seconds: median(&times),
                 speedup_vs_dense: median(&ratios),
                 seconds: times,
+                layers: trainer.layers(),
             }
         })
         .collect())
@@ -194,6 +201,26 @@ pub fn time_kernels(
         }
     }
     results
+}
+
+/// Median seconds of one im2col and one col2im of `batch` images through
+/// `geometry`, every row built (the dense convolution's cost; a sparse one
+/// skips the rows no filter reads).
+pub fn time_im2col(geometry: &ConvGeometry, batch: usize, samples: usize) -> Result<(f64, f64)> {
+    let (out_h, out_w) = geometry.output_size()?;
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let input: Vec<f32> = (0..geometry.in_channels * batch * geometry.input_plane())
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let mut cols = vec![0.0; geometry.patch_len() * batch * out_h * out_w];
+    let mut dx = vec![0.0; input.len()];
+    let all_rows = vec![true; geometry.patch_len()];
+    let dcols = cols.clone();
+    Ok(time_pair(
+        samples,
+        || im2col(geometry, batch, &input, &all_rows, &mut cols),
+        || col2im(geometry, batch, &dcols, &all_rows, &mut dx),
+    ))
 }
 
 /// Median seconds per call of `a` and of `b`, measured alternately. Each

@@ -2,7 +2,9 @@
 //!
 //! Every sparse weight is stored as three 1-D tensors in CSR form —
 //! `NAME.indptr` and `NAME.indices` (i64) and `NAME.values` (f32) — with
-//! `NAME.format = "csr"` and `NAME.shape = "rows,cols"` in the metadata, so
+//! `NAME.format = "csr"`, `NAME.shape = "rows,cols"` and `NAME.dims` (the
+//! tensor's dimensions, `out,in,kh,kw` for a convolution stored as `out ×
+//! (in · kh · kw)`) in the metadata, so
 //! SciPy (`csr_matrix((values, indices, indptr), shape)`) and PyTorch
 //! (`torch.sparse_csr_tensor(indptr, indices, values, size)`) read it directly
 //! (see the README). Dense parameters are `NAME` with their shape. Optimizer
@@ -83,6 +85,8 @@ impl Contents {
             let (rows, cols) = param.value.shape();
             self.metadata
                 .insert(format!("{name}.shape"), format!("{rows},{cols}"));
+            let dims: Vec<String> = param.dims.iter().map(usize::to_string).collect();
+            self.metadata.insert(format!("{name}.dims"), dims.join(","));
             self.tensors.push((
                 format!("{name}.momentum"),
                 Tensor::F32(vec![param.momentum.len()], param.momentum.clone()),
@@ -247,6 +251,25 @@ impl Checkpoint {
             bad(
                 &self.path,
                 format!("`{name}.shape` = `{text}` is not `rows,cols`"),
+            )
+        })
+    }
+
+    /// A parameter's dimensions as the network sees them (`out,in,kh,kw` for
+    /// a convolution; see [`crate::params::Param::dims`]); its matrix shape
+    /// for checkpoints that do not record them.
+    pub fn param_dims(&self, name: &str) -> Result<Vec<usize>> {
+        let key = format!("{name}.dims");
+        if !self.metadata.contains_key(&key) {
+            let (rows, cols) = self.param_shape(name)?;
+            return Ok(vec![rows, cols]);
+        }
+        let text = self.metadata(&key)?;
+        let dims: Option<Vec<usize>> = text.split(',').map(|d| d.parse().ok()).collect();
+        dims.filter(|d| d.len() >= 2).ok_or_else(|| {
+            bad(
+                &self.path,
+                format!("`{key}` = `{text}` is not a list of dimensions"),
             )
         })
     }

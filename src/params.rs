@@ -12,7 +12,7 @@
 
 use ndarray::Array2;
 
-use crate::sparse::SparseMatrix;
+use crate::sparse::{ChannelUsage, SparseMatrix};
 
 /// Handle to a parameter in a [`ParamStore`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,9 +78,30 @@ pub struct Param {
     /// The momentum buffer, one entry per trainable value (zeros until the
     /// first optimizer step). Sparse momentum reads it to decide where weights go.
     pub momentum: Vec<f32>,
+    /// The weight's dimensions as a network sees them, output first: `[out,
+    /// in]` for a fully connected layer, `[out, in, kh, kw]` for a
+    /// convolution (stored as `out × (in · kh · kw)`).
+    pub dims: Vec<usize>,
     /// False for state the forward pass keeps (batch normalisation's running
     /// statistics): saved in checkpoints, never touched by the optimizer.
     pub trainable: bool,
+}
+
+impl Param {
+    /// Its output and input channels (neurons, for a fully connected layer):
+    /// how many there are, how many filters are empty, how many inputs no
+    /// filter reads. A dense weight uses all of them.
+    pub fn channel_usage(&self) -> ChannelUsage {
+        let group = self.dims.get(2..).map_or(1, |k| k.iter().product());
+        match &self.value {
+            ParamValue::Sparse(m) => m.channel_usage(group),
+            ParamValue::Dense(a) => ChannelUsage {
+                outputs: a.nrows(),
+                inputs: a.ncols() / group.max(1),
+                ..ChannelUsage::default()
+            },
+        }
+    }
 }
 
 /// Owns every parameter of a model.
@@ -97,11 +118,24 @@ impl ParamStore {
 
     /// Adds a trainable parameter with zero momentum and returns its handle.
     pub fn add(&mut self, name: impl Into<String>, value: ParamValue) -> ParamId {
+        let (rows, cols) = value.shape();
+        self.add_with_dims(name, value, vec![rows, cols])
+    }
+
+    /// Adds a trainable parameter whose matrix stands for a tensor of `dims`
+    /// (see [`Param::dims`]).
+    pub fn add_with_dims(
+        &mut self,
+        name: impl Into<String>,
+        value: ParamValue,
+        dims: Vec<usize>,
+    ) -> ParamId {
         let momentum = vec![0.0; value.values().len()];
         self.params.push(Param {
             name: name.into(),
             value,
             momentum,
+            dims,
             trainable: true,
         });
         ParamId(self.params.len() - 1)
@@ -111,6 +145,7 @@ impl ParamStore {
     pub fn add_state(&mut self, name: impl Into<String>, value: Array2<f32>) -> ParamId {
         self.params.push(Param {
             name: name.into(),
+            dims: vec![value.nrows(), value.ncols()],
             value: ParamValue::Dense(value),
             momentum: Vec::new(),
             trainable: false,

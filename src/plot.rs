@@ -315,9 +315,10 @@ impl Chart for DensityChart<'_> {
 }
 
 /// How many connections each input of the first sparse layer keeps, laid
-/// out as a square image.
+/// out as a square image: per input pixel for a fully connected layer, per
+/// kernel offset (over all input channels) for a convolution.
 struct Heatmap {
-    layer: String,
+    title: String,
     side: usize,
     counts: Vec<usize>,
 }
@@ -330,11 +331,23 @@ impl Heatmap {
             if !checkpoint.param_is_sparse(&name)? {
                 continue;
             }
-            let counts = checkpoint.sparse_param(&name)?.column_counts();
+            let columns = checkpoint.sparse_param(&name)?.column_counts();
+            let dims = checkpoint.param_dims(&name)?;
+            let (title, counts) = match dims[..] {
+                [_, _, kh, kw] if kh == kw => {
+                    // Column (c, i, j): add up the channels of each offset.
+                    let mut counts = vec![0; kh * kw];
+                    for (k, n) in columns.iter().enumerate() {
+                        counts[k % (kh * kw)] += n;
+                    }
+                    (format!("Filter weights per kernel offset, {name}"), counts)
+                }
+                _ => (format!("Connections per input pixel, {name}"), columns),
+            };
             let side = (counts.len() as f64).sqrt().round() as usize;
             return Ok(
                 (side * side == counts.len() && side > 0).then_some(Heatmap {
-                    layer: name,
+                    title,
                     side,
                     counts,
                 }),
@@ -351,7 +364,7 @@ impl Chart for Heatmap {
     ) -> std::result::Result<(), String> {
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let max = self.counts.iter().copied().max().unwrap_or(0).max(1) as f64;
-        let title = format!("Connections per input pixel, {}", self.layer);
+        let title = self.title.clone();
         let side = self.side as i32;
         let (plot, legend) = root.split_horizontally(540);
         let mut chart = ChartBuilder::on(&plot)

@@ -23,6 +23,7 @@ use crate::nn::{
 };
 use crate::optim::{Sgd, StepLr};
 use crate::params::{ParamStore, ParamValue};
+use crate::sparse::ChannelUsage;
 use crate::sparsity::{
     Distribution, LayerShape, MaskUpdate, MaskUpdates, Method, RegrownWeight, Rules, RunLength,
     SparseLearning, SparseLearningConfig, check_density, layer_counts,
@@ -248,6 +249,9 @@ pub struct LayerInfo {
     pub nnz: usize,
     /// Whether the weight is stored sparse.
     pub sparse: bool,
+    /// Its empty filters (neurons) and unread input channels.
+    #[serde(default)]
+    pub channels: ChannelUsage,
 }
 
 /// The outcome of a whole run.
@@ -738,6 +742,7 @@ impl Trainer {
                     shape: param.value.shape(),
                     nnz: param.value.values().len(),
                     sparse: matches!(param.value, ParamValue::Sparse(_)),
+                    channels: param.channel_usage(),
                 }
             })
             .collect()

@@ -193,3 +193,18 @@ fn a_checkpoint_from_other_data_is_refused() {
     let err = trainer.restore(&checkpoint).unwrap_err().to_string();
     assert!(err.contains("other data"), "{err}");
 }
+
+#[test]
+fn resuming_lenet5_inside_a_momentum_window_is_bit_identical() {
+    // 600 samples: 6 steps an epoch; updates every 4 steps with a 3-step
+    // window, so the checkpoint after epoch 1 (step 6) holds the running
+    // dense momentum of the convolutions (steps 5–6 of the window before step 8).
+    let mut config = config(Method::SparseMomentum, |u| {
+        u.update_every = Some(4);
+        u.momentum_window = Some(sparsetrain::sparsity::MomentumWindow::LastSteps(3));
+    });
+    config.model = Architecture::LeNet5;
+    config.train_samples = Some(600);
+    config.epochs = 3;
+    check_resume(config, 1);
+}

@@ -56,6 +56,42 @@ fn other_bad_settings_are_refused() {
     fails_with(&["--init", "xavier"], "init");
     fails_with(&["--validation-fraction", "1"], "validation-fraction");
     fails_with(&["--no-such-flag"], "no-such-flag");
+    fails_with(&["--model", "lenet7"], "unknown model `lenet7`");
+    fails_with(&["--model", "wrn-16"], "unknown model");
+}
+
+#[test]
+fn lenet5_trains_reports_its_channels_and_inspects() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "train",
+        "--model",
+        "lenet5",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "500",
+        "--update-every",
+        "3",
+        "--verbose",
+        "--no-plots",
+        "--run",
+        "l5",
+    ];
+    let stdout = succeeds(&run_in(dir.path(), &args));
+    assert!(
+        stdout.contains("LeNet-5-Caffe") && stdout.contains("conv2.weight"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mask update after step 3") && stdout.contains("channel speed-up ×"),
+        "{stdout}"
+    );
+    let inspect = succeeds(&run_in(dir.path(), &["inspect", "runs/l5"]));
+    assert!(
+        inspect.contains("50×20×5×5") && inspect.contains("of 20"),
+        "conv2 listed with its kernel dimensions and input channels: {inspect}"
+    );
 }
 
 #[test]

@@ -130,7 +130,7 @@ impl<'a> ParamBuilder<'a> {
             name: name.clone(),
             dims: dims.to_vec(),
         });
-        Ok(self.store.add(name, value))
+        Ok(self.store.add_with_dims(name, value, dims.to_vec()))
     }
 
     /// A bias for `rows` outputs of a layer with `fan_in` inputs per output,

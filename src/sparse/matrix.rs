@@ -19,6 +19,33 @@ use sprs::CsMat;
 
 use crate::error::{Error, Result};
 
+/// The channels of a weight a sparse computation skips: filters with no
+/// stored weight produce nothing to compute, input channels no filter reads
+/// need no im2col rows and no gradient (for a fully connected layer, neurons).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct ChannelUsage {
+    /// Output channels (rows).
+    pub outputs: usize,
+    /// Output channels whose filter is entirely empty.
+    pub empty_outputs: usize,
+    /// Input channels.
+    pub inputs: usize,
+    /// Input channels no filter reads.
+    pub unread_inputs: usize,
+}
+
+impl ChannelUsage {
+    /// The speed-up over the dense layer from skipping the empty channels
+    /// alone, `(C_in · C_out) / ((C_in − unread) · (C_out − empty))`: the
+    /// weight side of the estimate the sparse-learning library prints (which
+    /// also counts all-zero input activations); infinite for a layer with no
+    /// weights left.
+    pub fn implied_speedup(&self) -> f64 {
+        let used = (self.inputs - self.unread_inputs) * (self.outputs - self.empty_outputs);
+        (self.inputs * self.outputs) as f64 / used as f64
+    }
+}
+
 /// A sparse `rows × cols` matrix of `f32` in CSR form, with a transposed index.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SparseMatrix {
@@ -224,6 +251,24 @@ impl SparseMatrix {
             .windows(2)
             .filter(|w| w[0] == w[1])
             .count()
+    }
+
+    /// Reads the matrix as a filter bank, rows the output channels and
+    /// columns `group` (`kh · kw`) per input channel, and counts the channels
+    /// a sparse computation skips entirely.
+    pub fn channel_usage(&self, group: usize) -> ChannelUsage {
+        let group = group.max(1);
+        let unread_inputs = self
+            .column_counts()
+            .chunks(group)
+            .filter(|counts| counts.iter().all(|&n| n == 0))
+            .count();
+        ChannelUsage {
+            outputs: self.rows(),
+            empty_outputs: self.empty_rows(),
+            inputs: self.cols() / group,
+            unread_inputs,
+        }
     }
 
     /// The number of stored entries in each column (how many outputs read each input).

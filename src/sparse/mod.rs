@@ -4,4 +4,4 @@ pub mod kernels;
 pub mod matrix;
 
 pub use kernels::{sddmm, spmm, spmm_transposed};
-pub use matrix::{SparseMatrix, TransposeIndex, ValueOrigins};
+pub use matrix::{ChannelUsage, SparseMatrix, TransposeIndex, ValueOrigins};

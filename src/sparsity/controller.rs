@@ -17,7 +17,7 @@ use crate::checkpoint::{Checkpoint, Contents};
 use crate::error::{Error, Result};
 use crate::nn::WeightInit;
 use crate::params::{ParamId, ParamStore, ParamValue};
-use crate::sparse::SparseMatrix;
+use crate::sparse::{ChannelUsage, SparseMatrix};
 
 /// The knobs of a sparse-learning run (the reference library's defaults in [`Default`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -128,6 +128,9 @@ pub struct LayerUpdate {
     pub share: f64,
     /// Rows × columns of the full matrix.
     pub size: usize,
+    /// Its empty filters and unread input channels after the update.
+    #[serde(default)]
+    pub channels: ChannelUsage,
 }
 
 /// What one mask update did.
@@ -386,16 +389,18 @@ impl SparseLearning {
                     edited.values_mut()[k] = self.rng.random_range(-bound..=bound);
                 }
             }
+            let (nnz_after, size) = (edited.nnz(), edited.rows() * edited.cols());
+            param.value = ParamValue::Sparse(edited);
             layers.push(LayerUpdate {
                 name: param.name.clone(),
                 nnz_before,
                 removed: plan.removals.len(),
                 regrown: plan.growth.len(),
-                nnz_after: edited.nnz(),
+                nnz_after,
                 share: plan.share,
-                size: edited.rows() * edited.cols(),
+                size,
+                channels: param.channel_usage(),
             });
-            param.value = ParamValue::Sparse(edited);
         }
         if let Some(dense) = &mut self.dense_momentum {
             dense.end_window();

@@ -405,9 +405,15 @@ pub struct BenchArgs {
     /// Densities to compare with the dense model.
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05")]
     pub densities: Vec<f64>,
+    /// The network whose epochs are timed: lenet300-100, lenet5, …
+    #[arg(long, default_value = "lenet300-100")]
+    pub model: Architecture,
     /// Measured epochs per configuration (interleaved).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Steps per round of the LeNet-5 step timing (masks fixed).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
     /// Batch size for the epochs and the kernels.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use sparsetrain::checkpoint::Checkpoint;
+use sparsetrain::sparse::ChannelUsage;
 use sparsetrain::sparsity::MaskUpdate;
 use sparsetrain::train::{EpochStats, Evaluation, Observer, StepProgress, TrainSummary, Trainer};
 
@@ -152,14 +153,15 @@ impl Observer for ProgressPrinter {
         ));
         for l in &update.layers {
             self.println(format!(
-                "    {:<12} nnz {:>7} → {:>7} ({:>6.2}%) · removed {:>6} · regrown {:>6} · share {:.3}",
+                "    {:<12} nnz {:>7} → {:>7} ({:>6.2}%) · removed {:>6} · regrown {:>6} · share {:.3} · {}",
                 l.name,
                 l.nnz_before,
                 l.nnz_after,
                 100.0 * l.nnz_after as f64 / l.size as f64,
                 l.removed,
                 l.regrown,
-                l.share
+                l.share,
+                describe_channels(&l.channels)
             ));
         }
     }
@@ -183,6 +185,21 @@ impl Observer for ProgressPrinter {
             s.seconds
         ));
     }
+}
+
+/// Empty output and unread input channels, and the speed-up skipping them
+/// implies (see [`ChannelUsage::implied_speedup`]).
+pub fn describe_channels(c: &ChannelUsage) -> String {
+    let speedup = c.implied_speedup();
+    let speedup = if speedup.is_finite() {
+        format!("×{speedup:.2}")
+    } else {
+        "no weights left".into()
+    };
+    format!(
+        "empty outputs {}/{} · unread inputs {}/{} · channel speed-up {speedup}",
+        c.empty_outputs, c.outputs, c.unread_inputs, c.inputs
+    )
 }
 
 /// The one-line result of a run.
@@ -254,14 +271,15 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
         None => say!("  dense"),
     }
     say!(
-        "  {:<12} {:>6} {:>9} {:>8} {:>8} {:>14} {:>14}",
+        "  {:<14} {:>6} {:>12} {:>8} {:>8} {:>14} {:>14} {:>9}",
         "layer",
         "format",
         "shape",
         "nnz",
         "density",
         "empty outputs",
-        "unused inputs"
+        "unread inputs",
+        "speed-up"
     );
     let (mut stored, mut total) = (0, 0);
     for name in checkpoint.param_names()? {
@@ -269,27 +287,36 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
         if cols == 1 {
             continue; // a bias
         }
-        let (format, nnz, empty_rows, empty_cols) = if checkpoint.param_is_sparse(&name)? {
+        let dims = checkpoint.param_dims(&name)?;
+        let group = dims[2..].iter().product::<usize>();
+        let (format, nnz, channels) = if checkpoint.param_is_sparse(&name)? {
             let m = checkpoint.sparse_param(&name)?;
-            ("csr", m.nnz(), m.empty_rows(), m.empty_columns())
+            ("csr", m.nnz(), m.channel_usage(group))
         } else {
-            ("dense", rows * cols, 0, 0)
+            let all_used = ChannelUsage {
+                outputs: rows,
+                inputs: cols / group.max(1),
+                ..ChannelUsage::default()
+            };
+            ("dense", rows * cols, all_used)
         };
         stored += nnz;
         total += rows * cols;
+        let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
         say!(
-            "  {:<12} {:>6} {:>9} {:>8} {:>7.2}% {:>14} {:>14}",
+            "  {:<14} {:>6} {:>12} {:>8} {:>7.2}% {:>14} {:>14} {:>8.2}×",
             name,
             format,
-            format!("{rows}×{cols}"),
+            dims.join("×"),
             nnz,
             100.0 * nnz as f64 / (rows * cols) as f64,
-            format!("{empty_rows} of {rows}"),
-            format!("{empty_cols} of {cols}")
+            format!("{} of {}", channels.empty_outputs, channels.outputs),
+            format!("{} of {}", channels.unread_inputs, channels.inputs),
+            channels.implied_speedup()
         );
     }
     say!(
-        "  {:<12} {:>6} {:>9} {:>8} {:>7.2}%",
+        "  {:<14} {:>6} {:>12} {:>8} {:>7.2}%",
         "total",
         "",
         total,
