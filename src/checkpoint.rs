@@ -30,8 +30,9 @@ use crate::error::{Error, Result};
 use crate::params::{ParamStore, ParamValue};
 use crate::sparse::SparseMatrix;
 
-/// The `format` metadata of the checkpoints this version writes.
-pub const FORMAT: &str = "sparsetrain.checkpoint.v1";
+/// The `format` metadata of the checkpoints this version writes. v2 names
+/// the network in the configuration (`model`) where v1 had MLP `widths`.
+pub const FORMAT: &str = "sparsetrain.checkpoint.v2";
 
 /// A tensor on its way into a checkpoint.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,7 +189,12 @@ impl Checkpoint {
         };
         let format = checkpoint.metadata("format")?;
         if format != FORMAT {
-            return Err(bad(path, format!("format `{format}` is not `{FORMAT}`")));
+            return Err(bad(
+                path,
+                format!(
+                    "format `{format}` is not `{FORMAT}` (a checkpoint from another version of sparsetrain)"
+                ),
+            ));
         }
         Ok(checkpoint)
     }

@@ -48,6 +48,9 @@ impl ImageShape {
     /// The batch size of an activation of this shape with `rows × cols`
     /// values, or an error naming `op` if it does not fit.
     pub fn batch_of(&self, op: &'static str, (rows, cols): (usize, usize)) -> Result<usize> {
+        if cols == 0 {
+            return Err(Error::shape(op, "an empty batch"));
+        }
         if rows != self.channels || self.plane() == 0 || cols % self.plane() != 0 {
             return Err(Error::shape(
                 op,
@@ -181,7 +184,7 @@ pub fn im2col(
         .filter(|(row, _)| needed[*row])
         .for_each(|(row, out)| {
             let (c, ki, kj) = (row / (kh * kw), (row / kw) % kh, row % kw);
-            let columns = Window::new(out_w, width, stride, kj, geometry.padding);
+            let columns = ValidColumns::new(out_w, width, stride, kj, geometry.padding);
             let channel = &input[c * batch * plane..][..batch * plane];
             for (image, out) in channel
                 .chunks_exact(plane)
@@ -230,7 +233,7 @@ pub fn col2im(
                     if !needed[row] {
                         continue;
                     }
-                    let columns = Window::new(out_w, width, stride, kj, geometry.padding);
+                    let columns = ValidColumns::new(out_w, width, stride, kj, geometry.padding);
                     let grads = &dcols[row * row_len..][..row_len];
                     for (image, grads) in channel
                         .chunks_exact_mut(plane)
@@ -256,7 +259,7 @@ fn image_row(padded: usize, padding: usize, height: usize) -> Option<usize> {
 /// For one kernel column offset, which output columns read inside the image:
 /// output column `x` reads input column `x · stride + offset − padding`,
 /// inside the image for `x` in `first..end`.
-struct Window {
+struct ValidColumns {
     first: usize,
     end: usize,
     /// The input column of output column `first`.
@@ -264,7 +267,7 @@ struct Window {
     stride: usize,
 }
 
-impl Window {
+impl ValidColumns {
     fn new(out_w: usize, width: usize, stride: usize, offset: usize, padding: usize) -> Self {
         // The smallest x with x·stride + offset ≥ padding, and the first x
         // with x·stride + offset ≥ padding + width.
@@ -273,7 +276,7 @@ impl Window {
             .saturating_sub(offset)
             .div_ceil(stride)
             .clamp(first, out_w);
-        Window {
+        ValidColumns {
             first,
             end,
             start: first * stride + offset - padding.min(first * stride + offset),
@@ -452,7 +455,7 @@ mod tests {
         {
             let out_w = (width + 2 * padding - kernel) / stride + 1;
             for offset in 0..kernel {
-                let w = Window::new(out_w, width, stride, offset, padding);
+                let w = ValidColumns::new(out_w, width, stride, offset, padding);
                 for x in 0..out_w {
                     let ix = (x * stride + offset) as isize - padding as isize;
                     let inside = ix >= 0 && ix < width as isize;

@@ -544,7 +544,7 @@ impl Trainer {
         self.epochs_done = checkpoint.metadata_number("epochs_done")?;
         self.steps_done = checkpoint.metadata_number("steps_done")?;
         if let Some(sparse) = &mut self.sparse {
-            sparse.restore_state(checkpoint)?;
+            sparse.restore_state(checkpoint, &self.store)?;
         }
         Ok(())
     }

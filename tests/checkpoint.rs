@@ -208,3 +208,19 @@ fn resuming_lenet5_inside_a_momentum_window_is_bit_identical() {
     config.epochs = 3;
     check_resume(config, 1);
 }
+
+#[test]
+fn resuming_when_a_short_last_batch_starts_a_window_is_bit_identical() {
+    // Batches of 256, 256, 256 and 132: a window that starts on the short
+    // batch may hold fc1's momentum in another form than one that starts on
+    // a full batch. Each window must choose afresh, so that a resumed run
+    // chooses as the uninterrupted one did.
+    let mut config = config(Method::SparseMomentum, |u| {
+        u.update_every = Some(3);
+        u.momentum_window = Some(sparsetrain::sparsity::MomentumWindow::LastSteps(2));
+    });
+    config.batch_size = 256;
+    config.train_samples = Some(900);
+    config.epochs = 5;
+    check_resume(config, 3);
+}

@@ -5,6 +5,7 @@
 use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use sparsetrain::autograd::Workspace;
 use sparsetrain::conv::ImageShape;
 use sparsetrain::nn::{ActivationShape, Conv2d, ConvShape, Linear, MaxPool2d, Relu};
 use sparsetrain::prelude::*;
@@ -363,4 +364,81 @@ fn evaluation_mode_uses_running_statistics_and_no_dropout() {
     let alone = tape.value(logits).column(0).to_owned();
     let batched = run(false, 1).column(0).to_owned();
     assert!((alone - batched).iter().all(|d| d.abs() < 1e-5));
+}
+
+#[test]
+fn a_reused_workspace_stops_growing_after_the_first_steps() {
+    // The trainer keeps one workspace for the whole run: every buffer a step
+    // takes must come back, and no more than that.
+    let (mut store, model) = build(small_wrn(), CIFAR_LIKE, Some(0.3));
+    let (x, labels) = synthetic_batch(CIFAR_LIKE, 4, 5);
+    let sgd = Sgd {
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 0.0,
+    };
+    let mut workspace = Workspace::new();
+    let mut pooled = Vec::new();
+    for step in 0..6 {
+        let (grads, updates) = {
+            let mut tape = Tape::with_workspace(&store, workspace);
+            tape.set_rng(ChaCha8Rng::seed_from_u64(step));
+            let input = tape.input(x.clone());
+            let logits = model.run(&mut tape, input).unwrap();
+            let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
+            let grads = tape.backward(loss).unwrap();
+            let updates = tape.take_state_updates();
+            tape.take_value(input);
+            workspace = tape.into_workspace();
+            (grads, updates)
+        };
+        sgd.step(&mut store, &grads, 0.01).unwrap();
+        store.apply_state_updates(updates);
+        pooled.push(workspace.len());
+    }
+    assert!(pooled[1] > 0);
+    assert!(
+        pooled[1..].iter().all(|&n| n == pooled[1]),
+        "buffers in the pool after each step: {pooled:?}"
+    );
+}
+
+#[test]
+fn convolution_gradient_factors_hold_every_im2col_row() {
+    // Asking for the factors after the forward pass (which skipped the rows
+    // no filter reads) must still give the whole im2col matrix.
+    let (store, model) = build(Architecture::LeNet5, MNIST_LIKE, Some(0.02));
+    let conv2 = model.weights()[1];
+    let (x, labels) = synthetic_batch(MNIST_LIKE, 3, 6);
+    let factors = |before: bool| {
+        let mut tape = Tape::new(&store);
+        if before {
+            tape.keep_gradient_factors(conv2);
+        }
+        let input = tape.input(x.clone());
+        let logits = model.run(&mut tape, input).unwrap();
+        if !before {
+            tape.keep_gradient_factors(conv2);
+        }
+        let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
+        tape.backward(loss).unwrap().take_factors(conv2)
+    };
+    let (early, late) = (factors(true), factors(false));
+    assert_eq!(early.len(), 1);
+    assert_eq!(early, late);
+}
+
+#[test]
+fn an_empty_batch_is_an_error_not_a_panic() {
+    let store = ParamStore::new();
+    let mut tape = Tape::new(&store);
+    let empty = tape.input(Array2::zeros((3, 0)));
+    for result in [
+        tape.max_pool2d(empty, CIFAR_LIKE, 2, 2),
+        tape.flatten(empty, CIFAR_LIKE),
+        tape.global_avg_pool(empty, CIFAR_LIKE),
+    ] {
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains("empty batch"), "{err}");
+    }
 }

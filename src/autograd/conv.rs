@@ -130,9 +130,20 @@ impl Conv2d {
             pass.accumulate(self.input, dx);
         }
         if pass.wants_factors(self.weight) {
+            let mut input = self.cols.clone();
+            let skipped: Vec<bool> = self.needed.iter().map(|&needed| !needed).collect();
+            if skipped.contains(&true) {
+                // The factors were asked for after the forward pass skipped
+                // rows: the dense gradient needs them all.
+                let x = pass.value(self.input);
+                let batch = x.ncols() / self.geometry.input_plane();
+                let x = x.as_slice().expect("tape values are contiguous");
+                let cols = input.as_slice_mut().expect("contiguous");
+                im2col(&self.geometry, batch, x, &skipped, cols);
+            }
             let factors = GradientFactors {
                 output_grad: dy,
-                input: self.cols.clone(),
+                input,
             };
             pass.keep_factors(self.weight, factors);
         } else {

@@ -66,7 +66,8 @@ impl Tape<'_> {
         }
         let probabilities =
             Array2::from_shape_vec((classes, batch), exps).expect("classes · batch values");
-        let loss = Array2::from_elem((1, 1), (total / batch as f64) as f32);
+        let mut loss = self.alloc(1, 1);
+        loss[(0, 0)] = (total / batch as f64) as f32;
         let op = SoftmaxCrossEntropy {
             logits,
             probabilities,
@@ -81,7 +82,10 @@ impl SoftmaxCrossEntropy {
     pub(crate) fn backward(&self, upstream: Array2<f32>, pass: &mut BackwardPass) {
         let batch = self.labels.len();
         let scale = upstream[(0, 0)] / batch as f32;
-        let mut dz = self.probabilities.mapv(|p| p * scale);
+        pass.recycle(upstream);
+        let (classes, batch) = self.probabilities.dim();
+        let mut dz = pass.alloc(classes, batch);
+        dz.zip_mut_with(&self.probabilities, |d, &p| *d = p * scale);
         for (j, &label) in self.labels.iter().enumerate() {
             dz[(label, j)] -= scale;
         }

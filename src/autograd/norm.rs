@@ -47,7 +47,9 @@ impl Tape<'_> {
     ///
     /// While training it uses the batch's mean and variance and records new
     /// running statistics ([`Tape::take_state_updates`]); in evaluation mode it
-    /// uses the running statistics.
+    /// uses the running statistics. Each use records an update from the
+    /// statistics the pass started with, so a layer applied twice in one pass
+    /// keeps only its last use's update (PyTorch would apply both in turn).
     pub fn batch_norm(&mut self, input: Var, bn: &BatchNormParams) -> Result<Var> {
         let x = self.value(input);
         let (rows, n) = x.dim();
@@ -95,9 +97,9 @@ impl Tape<'_> {
         let x = self.value(input);
         normalized
             .as_slice_mut()
-            .expect("fresh")
+            .expect("contiguous")
             .par_chunks_mut(n)
-            .zip(y.as_slice_mut().expect("fresh").par_chunks_mut(n))
+            .zip(y.as_slice_mut().expect("contiguous").par_chunks_mut(n))
             .zip(slice(x).par_chunks(n))
             .enumerate()
             .for_each(|(r, ((xhat, out), row))| {
@@ -148,7 +150,7 @@ impl BatchNorm {
         for (r, ((grads, xhat), out)) in slice(&dy)
             .chunks_exact(n)
             .zip(slice(&self.normalized).chunks_exact(n))
-            .zip(dx.as_slice_mut().expect("fresh").chunks_exact_mut(n))
+            .zip(dx.as_slice_mut().expect("contiguous").chunks_exact_mut(n))
             .enumerate()
         {
             let sum_dy = sum(grads);

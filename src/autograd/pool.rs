@@ -52,7 +52,7 @@ impl Tape<'_> {
         let rows = slice(x).par_chunks(batch * plane);
         let outputs = y
             .as_slice_mut()
-            .expect("fresh")
+            .expect("contiguous")
             .par_chunks_mut(batch * out_plane);
         rows.zip(outputs)
             .zip(argmax.par_chunks_mut(batch * out_plane))
@@ -62,7 +62,7 @@ impl Tape<'_> {
                     .chunks_exact_mut(out_plane)
                     .zip(arg.chunks_exact_mut(out_plane));
                 for (b, (image, (out, arg))) in samples.zip(outputs).enumerate() {
-                    let window = Window {
+                    let window = PoolWindows {
                         width: shape.width,
                         out_w,
                         size,
@@ -84,12 +84,11 @@ impl Tape<'_> {
         let x = self.value(input);
         let batch = shape.batch_of("global_avg_pool", x.dim())?;
         let plane = shape.plane();
-        let means = slice(x)
-            .chunks_exact(plane)
-            .map(|image| crate::dense::sum(image) / plane as f32)
-            .collect();
-        let y = Array2::from_shape_vec((shape.channels, batch), means)
-            .expect("one mean per channel and sample");
+        let mut y = self.alloc(shape.channels, batch);
+        let images = slice(self.value(input)).chunks_exact(plane);
+        for (mean, image) in slice_mut(&mut y).iter_mut().zip(images) {
+            *mean = crate::dense::sum(image) / plane as f32;
+        }
         Ok(self.push_op(
             y,
             Op::GlobalAvgPool(GlobalAvgPool { input, shape }),
@@ -135,14 +134,14 @@ fn pooled_size(shape: ImageShape, size: usize, stride: usize) -> Result<(usize, 
 }
 
 /// The pooling windows over one image.
-struct Window {
+struct PoolWindows {
     width: usize,
     out_w: usize,
     size: usize,
     stride: usize,
 }
 
-impl Window {
+impl PoolWindows {
     /// `out` (`out_h × out_w`, row-major) gets the maximum of each window of
     /// `image`, `arg` its position in the channel's row (`base` + pixel).
     ///
@@ -154,7 +153,6 @@ impl Window {
             .zip(arg.chunks_exact_mut(self.out_w))
             .enumerate()
         {
-            out_row.fill(f32::NEG_INFINITY);
             for dy in 0..self.size {
                 let iy = oy * self.stride + dy;
                 let in_row = &image[iy * self.width..][..self.width];

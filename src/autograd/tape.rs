@@ -207,7 +207,7 @@ impl<'p> Tape<'p> {
     }
 
     /// A `rows × cols` array from the pool, contents unspecified: the op
-    /// must write every value.
+    /// must write every value it (or a later op) reads.
     pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
         self.workspace.array(rows, cols)
     }
@@ -237,7 +237,10 @@ impl<'p> Tape<'p> {
         self.push(value, Op::Input, true)
     }
 
-    /// Asks the backward pass to keep the [`GradientFactors`] of sparse weight `id`.
+    /// Asks the backward pass to keep the [`GradientFactors`] of sparse weight
+    /// `id`. Call it before recording the ops that read `id`: a convolution
+    /// then builds every im2col row in its forward pass (called later, the
+    /// rows it skipped are built again in the backward pass).
     pub fn keep_gradient_factors(&mut self, id: ParamId) {
         self.keep_factors.push(id);
     }
@@ -299,7 +302,9 @@ impl<'p> Tape<'p> {
                 ),
             ));
         }
-        self.backward_with_seed(loss, Array2::ones((1, 1)))
+        let mut seed = self.alloc(1, 1);
+        seed.fill(1.0);
+        self.backward_with_seed(loss, seed)
     }
 
     /// Vector–Jacobian product: gradients of `sum(seed ⊙ output)`.
@@ -380,7 +385,7 @@ impl BackwardPass<'_, '_> {
     }
 
     /// A `rows × cols` array from the pool, contents unspecified: the op
-    /// must write every value.
+    /// must write every value it (or a later op) reads.
     pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
         self.workspace.array(rows, cols)
     }

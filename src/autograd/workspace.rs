@@ -12,6 +12,11 @@ pub struct Workspace {
     free: Vec<Vec<f32>>,
 }
 
+/// The most buffers the pool keeps. A step takes a few dozen; the bound
+/// only stops a caller that gives back more than it takes (arrays made
+/// elsewhere) from growing the pool, and every lookup, without limit.
+const MAX_BUFFERS: usize = 256;
+
 impl Workspace {
     /// An empty pool.
     pub fn new() -> Self {
@@ -38,10 +43,10 @@ impl Workspace {
         Array2::from_shape_vec((rows, cols), buffer).expect("rows · cols values")
     }
 
-    /// Returns an array's buffer to the pool.
+    /// Returns an array's buffer to the pool (it is dropped if the pool is full).
     pub fn give(&mut self, array: Array2<f32>) {
         let (buffer, _) = array.into_raw_vec_and_offset();
-        if buffer.capacity() > 0 {
+        if buffer.capacity() > 0 && self.free.len() < MAX_BUFFERS {
             self.free.push(buffer);
         }
     }
@@ -82,5 +87,14 @@ mod tests {
             1,
             "too small to reuse, the old buffer stays in the pool"
         );
+    }
+
+    #[test]
+    fn the_pool_is_bounded() {
+        let mut pool = Workspace::new();
+        for _ in 0..MAX_BUFFERS + 10 {
+            pool.give(Array2::zeros((2, 2)));
+        }
+        assert_eq!(pool.len(), MAX_BUFFERS);
     }
 }

@@ -154,8 +154,9 @@ impl std::str::FromStr for Architecture {
 }
 
 impl std::fmt::Display for Architecture {
-    /// The name [`str::parse`] reads back (VGGs, which have no such name, as
-    /// `vgg`).
+    /// The CLI's name: `lenet300-100`, `lenet5`, `mlp-…` and `wrn-D-K` parse
+    /// back (a Wide ResNet's dropout is not part of the name); a VGG prints as
+    /// `vgg`, which does not, as its stages have no short name.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Architecture::Mlp { widths } if widths[..] == LENET_300_100 => {

@@ -200,7 +200,8 @@ impl Layer for Residual {
     }
 
     fn weights(&self) -> Vec<ParamId> {
-        let mut weights = self.body.weights();
+        let mut weights = self.pre.weights();
+        weights.extend(self.body.weights());
         if let Some(shortcut) = &self.shortcut {
             weights.extend(shortcut.weights());
         }

@@ -306,8 +306,13 @@ impl SparseLearning {
         }
     }
 
-    /// Restores what [`SparseLearning::save_state`] stored.
-    pub(crate) fn restore_state(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+    /// Restores what [`SparseLearning::save_state`] stored, for the layers of
+    /// `store` (already restored).
+    pub(crate) fn restore_state(
+        &mut self,
+        checkpoint: &Checkpoint,
+        store: &ParamStore,
+    ) -> Result<()> {
         let seed_hex = checkpoint.metadata("sparse_learning.rng_seed")?;
         let mut seed = [0u8; 32];
         let valid = seed_hex.len() == 64
@@ -328,7 +333,12 @@ impl SparseLearning {
         self.rng
             .set_word_pos(checkpoint.metadata_number("sparse_learning.rng_word_pos")?);
         if let Some(dense) = &mut self.dense_momentum {
-            dense.restore(checkpoint)?;
+            let shapes: Vec<_> = self
+                .layers
+                .iter()
+                .map(|&id| store.get(id).value.shape())
+                .collect();
+            dense.restore(checkpoint, &shapes)?;
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use super::rules::MomentumWindow;
 use crate::autograd::GradientFactors;
 use crate::checkpoint::{Checkpoint, Contents, Tensor};
 use crate::dense::gemm;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Per sparse layer, what is needed to produce the `rows × cols` momentum of
 /// every position at the next mask update.
@@ -22,17 +22,21 @@ pub(crate) struct DenseMomentum {
     /// instead of starting every window from zero.
     persistent: bool,
     layers: Vec<LayerMomentum>,
+    /// Each layer's factor buffers between windows, kept for reuse.
+    spare_stacks: Vec<FactorStack>,
 }
 
-/// One layer's dense momentum, held in whichever form is smaller.
+/// One layer's dense momentum in one window, in the smaller of two forms.
 ///
 /// A step's gradient arrives as factors `dY` (`rows × K`) and `X` (`cols ×
 /// K`), `K` the batch (times the output positions, for a convolution). When
-/// the factors are bigger than the `rows × cols` product, as for every
-/// convolution (`K` = batch · positions) and for small fully connected
-/// layers, the momentum is updated in place each step. Otherwise the window's
-/// factors are stacked and multiplied once at the update: the same FLOPs,
-/// with the product's packing cost paid once instead of every step.
+/// the window's first step brings factors bigger than the `rows × cols`
+/// product, as for every convolution (`K` = batch · positions) and for small
+/// fully connected layers, the momentum is updated in place each step.
+/// Otherwise the window's factors are stacked and multiplied once at the
+/// update: the same FLOPs, with the product's packing cost paid once instead
+/// of every step. The form is chosen afresh in every window, so a run resumed
+/// from a checkpoint chooses as the uninterrupted run did.
 #[derive(Debug, Default)]
 enum LayerMomentum {
     /// Nothing collected in this window yet.
@@ -53,6 +57,7 @@ impl DenseMomentum {
             decay,
             persistent: window == MomentumWindow::EveryStep,
             layers: (0..layers).map(|_| LayerMomentum::Empty).collect(),
+            spare_stacks: (0..layers).map(|_| FactorStack::default()).collect(),
         }
     }
 
@@ -74,7 +79,7 @@ impl DenseMomentum {
                 LayerMomentum::Running(Array2::zeros((rows, cols)))
             } else {
                 LayerMomentum::Stacked {
-                    stack: FactorStack::default(),
+                    stack: std::mem::take(&mut self.spare_stacks[layer]),
                     momentum: None,
                 }
             };
@@ -158,27 +163,55 @@ impl DenseMomentum {
         }
     }
 
-    /// Restores what [`DenseMomentum::save`] stored.
-    pub(crate) fn restore(&mut self, checkpoint: &Checkpoint) -> Result<()> {
-        let array = |name: &str| -> Result<Option<Array2<f32>>> {
+    /// Restores what [`DenseMomentum::save`] stored, for layers of `shapes`.
+    pub(crate) fn restore(
+        &mut self,
+        checkpoint: &Checkpoint,
+        shapes: &[(usize, usize)],
+    ) -> Result<()> {
+        let bad = |problem: String| Error::BadFile {
+            path: checkpoint.path().to_path_buf(),
+            problem,
+        };
+        // A 2-D tensor `name` with `rows` rows (and `cols` columns, if given).
+        let array = |name: &str, rows: usize, cols: Option<usize>| -> Result<Option<Array2<f32>>> {
             if !checkpoint.has(name) {
                 return Ok(None);
             }
             let (shape, values) = checkpoint.f32(name)?;
-            Ok(Array2::from_shape_vec((shape[0], shape.get(1).copied().unwrap_or(1)), values).ok())
+            match shape[..] {
+                [r, c] if r == rows && cols.is_none_or(|cols| cols == c) => Ok(Some(
+                    Array2::from_shape_vec((r, c), values).expect("r · c values"),
+                )),
+                _ => Err(bad(format!(
+                    "`{name}` has shape {shape:?}, the layer needs {rows} rows{}",
+                    cols.map_or(String::new(), |c| format!(" and {c} columns"))
+                ))),
+            }
         };
-        for (i, slot) in self.layers.iter_mut().enumerate() {
+        for (i, (slot, &(rows, cols))) in self.layers.iter_mut().zip(shapes).enumerate() {
             let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
-            *slot = if let Some(m) = array(&format!("sparse_learning.momentum.{i}"))? {
-                LayerMomentum::Running(m)
-            } else if let (Some(grads), Some(inputs)) =
-                (array(&key("grads"))?, array(&key("inputs"))?)
+            *slot = if let Some(m) =
+                array(&format!("sparse_learning.momentum.{i}"), rows, Some(cols))?
             {
+                LayerMomentum::Running(m)
+            } else if let Some(grads) = array(&key("grads"), rows, None)? {
+                let inputs = array(&key("inputs"), cols, Some(grads.ncols()))?
+                    .ok_or_else(|| bad(format!("`{}` is missing", key("inputs"))))?;
+                let step_starts = checkpoint.indices(&key("step_starts"))?;
+                if !step_starts.is_sorted()
+                    || step_starts.last().is_some_and(|&s| s > grads.ncols())
+                {
+                    return Err(bad(format!(
+                        "`{}` does not index the stacked columns",
+                        key("step_starts")
+                    )));
+                }
                 let stack = FactorStack {
                     filled: grads.ncols(),
                     grads,
                     inputs,
-                    step_starts: checkpoint.indices(&key("step_starts"))?,
+                    step_starts,
                 };
                 LayerMomentum::Stacked {
                     stack,
@@ -191,17 +224,16 @@ impl DenseMomentum {
         Ok(())
     }
 
-    /// Ends a window: the stacks are emptied (their buffers kept for the next
-    /// window) and running momenta dropped, unless the momentum is persistent.
+    /// Ends a window: every layer starts the next one empty (a stack's
+    /// buffers are kept for reuse), unless the momentum is persistent.
     pub(crate) fn end_window(&mut self) {
-        for slot in &mut self.layers {
-            match slot {
-                LayerMomentum::Running(_) if !self.persistent => *slot = LayerMomentum::Empty,
-                LayerMomentum::Stacked { stack, momentum } => {
-                    stack.clear();
-                    *momentum = None;
-                }
-                _ => {}
+        if self.persistent {
+            return;
+        }
+        for (slot, spare) in self.layers.iter_mut().zip(&mut self.spare_stacks) {
+            if let LayerMomentum::Stacked { mut stack, .. } = std::mem::take(slot) {
+                stack.clear();
+                *spare = stack;
             }
         }
     }

@@ -190,16 +190,24 @@ impl Observer for ProgressPrinter {
 /// Empty output and unread input channels, and the speed-up skipping them
 /// implies (see [`ChannelUsage::implied_speedup`]).
 pub fn describe_channels(c: &ChannelUsage) -> String {
+    format!(
+        "empty outputs {}/{} · unread inputs {}/{} · channel speed-up {}",
+        c.empty_outputs,
+        c.outputs,
+        c.unread_inputs,
+        c.inputs,
+        speedup_text(c)
+    )
+}
+
+/// `×1.25`, or `no weights left` for a layer that has none.
+fn speedup_text(c: &ChannelUsage) -> String {
     let speedup = c.implied_speedup();
-    let speedup = if speedup.is_finite() {
+    if speedup.is_finite() {
         format!("×{speedup:.2}")
     } else {
         "no weights left".into()
-    };
-    format!(
-        "empty outputs {}/{} · unread inputs {}/{} · channel speed-up {speedup}",
-        c.empty_outputs, c.outputs, c.unread_inputs, c.inputs
-    )
+    }
 }
 
 /// The one-line result of a run.
@@ -304,7 +312,7 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
         total += rows * cols;
         let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
         say!(
-            "  {:<14} {:>6} {:>12} {:>8} {:>7.2}% {:>14} {:>14} {:>8.2}×",
+            "  {:<14} {:>6} {:>12} {:>8} {:>7.2}% {:>14} {:>14} {:>9}",
             name,
             format,
             dims.join("×"),
@@ -312,7 +320,7 @@ pub fn print_inspection(checkpoint: &Checkpoint) -> Result<(), CliError> {
             100.0 * nnz as f64 / (rows * cols) as f64,
             format!("{} of {}", channels.empty_outputs, channels.outputs),
             format!("{} of {}", channels.unread_inputs, channels.inputs),
-            channels.implied_speedup()
+            speedup_text(&channels)
         );
     }
     say!(
