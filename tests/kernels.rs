@@ -1,5 +1,6 @@
 //! The sparse kernels against a dense reference, on random shapes and densities
-//! from 0 (no entries, every row empty) to 1 (every entry stored).
+//! from 0 (no entries, every row empty) to 1 (every entry stored), with every
+//! instruction set this CPU has (portable, AVX2, AVX-512).
 
 use ndarray::Array2;
 use proptest::prelude::*;
@@ -8,7 +9,9 @@ use rand::{RngExt, SeedableRng};
 use sparsetrain::autograd::Tape;
 use sparsetrain::conv::ConvGeometry;
 use sparsetrain::params::{ParamStore, ParamValue};
-use sparsetrain::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
+use sparsetrain::sparse::{
+    InstructionSet, SparseMatrix, sddmm_using, spmm, spmm_transposed_using, spmm_using,
+};
 
 /// A random sparse matrix, an input `x` (cols × batch) and an output
 /// gradient `dy` (rows × batch).
@@ -39,35 +42,47 @@ fn assert_all_close(actual: &[f32], expected: &[f32], what: &str) {
     }
 }
 
-/// Runs the three kernels and compares them with dense products of `w.to_dense()`.
+/// The three kernels' outputs: `W·X`, `Wᵀ·dY` and the gradient at the entries.
+type Outputs = (Array2<f32>, Array2<f32>, Vec<f32>);
+
+fn run_kernels(p: &Problem, isa: InstructionSet) -> Outputs {
+    let batch = p.x.ncols();
+    let mut y = Array2::from_elem((p.w.rows(), batch), f32::NAN);
+    spmm_using(isa, &p.w, p.x.view(), y.view_mut());
+    let mut dx = Array2::from_elem((p.w.cols(), batch), f32::NAN);
+    spmm_transposed_using(isa, &p.w, p.dy.view(), dx.view_mut());
+    let mut grad = vec![f32::NAN; p.w.nnz()];
+    sddmm_using(isa, &p.w, p.dy.view(), p.x.view(), &mut grad);
+    (y, dx, grad)
+}
+
+/// Runs the three kernels with every available instruction set, compares
+/// them with dense products of `w.to_dense()`, and checks that every
+/// instruction set gives bit-identical results.
 fn check_against_dense(p: &Problem) {
     let dense = p.w.to_dense();
-    let batch = p.x.ncols();
-
-    let mut y = Array2::from_elem((p.w.rows(), batch), f32::NAN);
-    spmm(&p.w, p.x.view(), y.view_mut());
-    assert_all_close(
-        y.as_slice().unwrap(),
-        dense.dot(&p.x).as_slice().unwrap(),
-        "W·X",
-    );
-
-    let mut dx = Array2::from_elem((p.w.cols(), batch), f32::NAN);
-    spmm_transposed(&p.w, p.dy.view(), dx.view_mut());
-    assert_all_close(
-        dx.as_slice().unwrap(),
-        dense.t().dot(&p.dy).as_slice().unwrap(),
-        "Wᵀ·dY",
-    );
-
-    let mut grad = vec![f32::NAN; p.w.nnz()];
-    sddmm(&p.w, p.dy.view(), p.x.view(), &mut grad);
     let full = p.dy.dot(&p.x.t());
-    let expected: Vec<f32> = (0..p.w.rows())
+    let expected_grad: Vec<f32> = (0..p.w.rows())
         .flat_map(|r| p.w.row(r).0.iter().map(move |&c| (r, c)))
         .map(|(r, c)| full[(r, c)])
         .collect();
-    assert_all_close(&grad, &expected, "dY·Xᵀ at the entries");
+    let portable = run_kernels(p, InstructionSet::Portable);
+    for isa in InstructionSet::available() {
+        let (y, dx, grad) = run_kernels(p, isa);
+        let y_dense = dense.dot(&p.x);
+        assert_all_close(y.as_slice().unwrap(), y_dense.as_slice().unwrap(), "W·X");
+        let dx_dense = dense.t().dot(&p.dy);
+        assert_all_close(
+            dx.as_slice().unwrap(),
+            dx_dense.as_slice().unwrap(),
+            "Wᵀ·dY",
+        );
+        assert_all_close(&grad, &expected_grad, "dY·Xᵀ at the entries");
+        assert!(
+            (y, dx, grad) == portable,
+            "{isa} differs from the portable kernels"
+        );
+    }
 }
 
 proptest! {
@@ -77,7 +92,7 @@ proptest! {
     fn kernels_match_dense_products(
         rows in 0usize..24,
         cols in 0usize..24,
-        batch in 1usize..90,
+        batch in 1usize..300,
         density in prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0],
         seed in any::<u64>(),
     ) {
@@ -109,7 +124,7 @@ fn matrices_with_empty_rows_and_columns() {
     ];
     let w = SparseMatrix::from_dense(dense.view());
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for batch in [1, 15, 16, 17, 64, 100, 129] {
+    for batch in [1, 7, 8, 9, 15, 16, 17, 64, 100, 127, 128, 129, 300] {
         let x = Array2::from_shape_simple_fn((4, batch), || rng.random_range(-1.0f32..1.0));
         let dy = Array2::from_shape_simple_fn((3, batch), || rng.random_range(-1.0f32..1.0));
         check_against_dense(&Problem {
@@ -124,25 +139,38 @@ fn matrices_with_empty_rows_and_columns() {
 fn large_problems_split_across_threads_match_dense() {
     // Big enough that every kernel splits its rows among rayon tasks.
     check_against_dense(&problem(300, 400, 100, 0.05, 4));
+    // A convolution's shape: few rows, a wide batch split by columns.
+    check_against_dense(&problem(12, 75, 3000, 0.3, 6));
+}
+
+#[test]
+fn the_plain_kernels_use_the_best_instruction_set() {
+    let best = InstructionSet::best();
+    assert!(best.is_available());
+    assert_eq!(InstructionSet::available().last(), Some(&best));
+    let p = problem(40, 60, 100, 0.1, 7);
+    let mut y = Array2::zeros((40, 100));
+    spmm(&p.w, p.x.view(), y.view_mut());
+    assert_eq!(y, run_kernels(&p, best).0);
 }
 
 #[test]
 fn results_are_bit_identical_for_any_thread_count() {
-    let p = problem(300, 784, 100, 0.05, 5);
+    for p in [
+        problem(300, 784, 100, 0.05, 5),
+        problem(20, 100, 4000, 0.2, 8),
+    ] {
+        check_thread_counts(&p);
+    }
+}
+
+fn check_thread_counts(p: &Problem) {
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| {
-            let mut y = Array2::zeros((300, 100));
-            spmm(&p.w, p.x.view(), y.view_mut());
-            let mut dx = Array2::zeros((784, 100));
-            spmm_transposed(&p.w, p.dy.view(), dx.view_mut());
-            let mut grad = vec![0.0; p.w.nnz()];
-            sddmm(&p.w, p.dy.view(), p.x.view(), &mut grad);
-            (y, dx, grad)
-        })
+        pool.install(|| run_kernels(p, InstructionSet::best()))
     };
     let one = run(1);
     for threads in [2, 3, 7] {

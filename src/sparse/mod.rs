@@ -2,6 +2,8 @@
 
 pub mod kernels;
 pub mod matrix;
+mod simd;
 
-pub use kernels::{sddmm, spmm, spmm_transposed};
+pub use kernels::{sddmm, sddmm_using, spmm, spmm_transposed, spmm_transposed_using, spmm_using};
 pub use matrix::{ChannelUsage, SparseMatrix, TransposeIndex, ValueOrigins};
+pub use simd::InstructionSet;

@@ -473,7 +473,8 @@ fn bench(args: BenchArgs) -> CliResult {
         args.batch_size
     );
     print_kernel_header();
-    let kernels = time_kernels(&shapes, &args.densities, args.batch_size, args.samples);
+    let kernels =
+        rayon::scope(|_| time_kernels(&shapes, &args.densities, args.batch_size, args.samples));
     for k in &kernels {
         print_kernel(k, &format!("{}×{}", k.shape.0, k.shape.1));
     }
@@ -517,7 +518,8 @@ fn bench(args: BenchArgs) -> CliResult {
         let (out_h, out_w) = geometry.output_size()?;
         let columns = args.batch_size * out_h * out_w;
         let shape = (out_channels, geometry.patch_len());
-        let timings = time_kernels(&[shape], &args.densities, columns, args.samples);
+        let timings =
+            rayon::scope(|_| time_kernels(&[shape], &args.densities, columns, args.samples));
         for k in &timings {
             print_kernel(k, &format!("{name} {}×{}", shape.0, shape.1));
         }

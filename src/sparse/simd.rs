@@ -1,0 +1,639 @@
+//! The kernels' inner loops, written once over a small vector trait and
+//! compiled three times: portable, AVX2 + FMA, and AVX-512, picked at run time.
+//!
+//! Why explicit vectors: a row of `Y = W·X` is a sum of scaled batch rows. Left
+//! to the compiler, a batch of 100 is cut into fixed blocks (64 + 32 + 16 + an
+//! overlapping 16), so the row's entries are read four times and 12 lanes are
+//! computed twice. With masked loads and stores the whole row is one pass: up
+//! to 8 AVX-512 vectors (128 batch columns) per set of sums, two sets in 16 of
+//! the 32 registers.
+//!
+//! Every path does the same arithmetic for every output value: fused
+//! multiply-adds, entries alternating between two sums added at the end, dot
+//! products in 16 partial sums reduced as the same tree. So all paths give
+//! bit-identical results (the portable path fuses only when compiled for a CPU
+//! with FMA, as `.cargo/config.toml` does; otherwise it rounds twice).
+
+use std::ops::Range;
+
+/// Which instruction set the kernels' inner loops use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstructionSet {
+    /// Plain Rust over 16-float arrays, vectorised by the compiler as far as
+    /// the build's target allows. Runs everywhere.
+    Portable,
+    /// 8-float vectors with fused multiply-add (x86-64 with AVX2 and FMA).
+    Avx2,
+    /// 16-float vectors with masked loads and stores (x86-64 with AVX-512F).
+    Avx512,
+}
+
+impl InstructionSet {
+    /// Every instruction set, narrowest first.
+    pub const ALL: [InstructionSet; 3] = [
+        InstructionSet::Portable,
+        InstructionSet::Avx2,
+        InstructionSet::Avx512,
+    ];
+
+    /// The widest instruction set this CPU has: what the kernels use.
+    pub fn best() -> Self {
+        Self::ALL
+            .into_iter()
+            .rev()
+            .find(|s| s.is_available())
+            .unwrap_or(Self::Portable)
+    }
+
+    /// The instruction sets this CPU runs, narrowest first.
+    pub fn available() -> Vec<Self> {
+        Self::ALL.into_iter().filter(|s| s.is_available()).collect()
+    }
+
+    /// Whether this CPU has the instructions (detected once, then cached by std).
+    pub fn is_available(self) -> bool {
+        match self {
+            InstructionSet::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx2 => {
+                is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx512 => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// A short name for tables and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstructionSet::Portable => "portable",
+            InstructionSet::Avx2 => "avx2",
+            InstructionSet::Avx512 => "avx512",
+        }
+    }
+}
+
+impl std::fmt::Display for InstructionSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A SIMD vector of `f32`, as the kernels need it.
+///
+/// # Safety
+/// Implementations may use instructions the CPU must have: every method may
+/// only run where [`InstructionSet::is_available`] holds for the set the
+/// implementation belongs to. Pointers must be valid for the lanes accessed.
+trait Vector: Copy {
+    /// Floats per vector.
+    const LANES: usize;
+    /// Vectors in one set of running sums: two sets plus the operands must fit
+    /// in the register file (32 registers with AVX-512, 16 with AVX2).
+    const MAX_VECTORS: usize;
+    /// Sixteen floats, in one register or two: the partial sums of a dot product.
+    type Sixteen: Copy;
+
+    unsafe fn zero() -> Self;
+    unsafe fn splat(value: f32) -> Self;
+    /// The first `lanes` (≤ `LANES`) floats at `src`; the other lanes are zero
+    /// and nothing beyond `src + lanes` is read.
+    unsafe fn load(src: *const f32, lanes: usize) -> Self;
+    /// Writes the first `lanes` (≤ `LANES`) floats to `dst`, nothing beyond.
+    unsafe fn store(self, dst: *mut f32, lanes: usize);
+    /// `a · b + c`, one rounding.
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+
+    unsafe fn zero16() -> Self::Sixteen;
+    unsafe fn load16(src: *const f32) -> Self::Sixteen;
+    unsafe fn mul_add16(a: Self::Sixteen, b: Self::Sixteen, c: Self::Sixteen) -> Self::Sixteen;
+    /// The sum of the 16 lanes as a tree: lanes `i` and `i + 8` first, then
+    /// `i` and `i + 4`, then `(0 + 2) + (1 + 3)`.
+    unsafe fn sum16(v: Self::Sixteen) -> f32;
+}
+
+/// `a · b + c`, fused into one instruction where the target has FMA. Without
+/// FMA, `mul_add` would be a slow library call, so we multiply and add.
+#[inline(always)]
+fn multiply_add(a: f32, b: f32, c: f32) -> f32 {
+    if cfg!(target_feature = "fma") {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// The portable vector: 16 floats the compiler keeps in whatever registers
+/// the build's target has.
+#[derive(Clone, Copy)]
+struct Portable([f32; 16]);
+
+impl Vector for Portable {
+    const LANES: usize = 16;
+    const MAX_VECTORS: usize = 8;
+    type Sixteen = Self;
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 16])
+    }
+    #[inline(always)]
+    unsafe fn splat(value: f32) -> Self {
+        Portable([value; 16])
+    }
+    #[inline(always)]
+    unsafe fn load(src: *const f32, lanes: usize) -> Self {
+        let mut v = [0.0; 16];
+        // SAFETY: the caller guarantees `src` is valid for `lanes` reads.
+        v[..lanes].copy_from_slice(unsafe { std::slice::from_raw_parts(src, lanes) });
+        Portable(v)
+    }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32, lanes: usize) {
+        // SAFETY: the caller guarantees `dst` is valid for `lanes` writes.
+        unsafe { std::slice::from_raw_parts_mut(dst, lanes) }.copy_from_slice(&self.0[..lanes]);
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        Portable(std::array::from_fn(|l| {
+            multiply_add(a.0[l], b.0[l], c.0[l])
+        }))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn zero16() -> Self {
+        unsafe { Self::zero() }
+    }
+    #[inline(always)]
+    unsafe fn load16(src: *const f32) -> Self {
+        unsafe { Self::load(src, 16) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add16(a: Self, b: Self, c: Self) -> Self {
+        unsafe { Self::mul_add(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn sum16(v: Self) -> f32 {
+        let eight: [f32; 8] = std::array::from_fn(|i| v.0[i] + v.0[i + 8]);
+        let four: [f32; 4] = std::array::from_fn(|i| eight[i] + eight[i + 4]);
+        (four[0] + four[2]) + (four[1] + four[3])
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    //! AVX2 and AVX-512 vectors. Every intrinsic here needs its CPU feature;
+    //! the methods run only inside the `#[target_feature]` entry points below
+    //! them, which the dispatcher calls only after run-time detection.
+    // Each method is unsafe for one reason, the CPU feature, which the entry
+    // points establish; an `unsafe` block around every intrinsic would only
+    // repeat that. Pointer arguments carry the same contract as `Vector`'s.
+    #![allow(unsafe_op_in_unsafe_fn)]
+
+    use super::Vector;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    /// `lanes` leading all-ones words: the mask of a partial AVX2 load or store.
+    #[inline(always)]
+    unsafe fn avx2_mask(lanes: usize) -> __m256i {
+        const WORDS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+        // lanes ≤ 8, so the 8 words read start within WORDS and end by its end.
+        _mm256_loadu_si256(WORDS[8 - lanes..].as_ptr().cast())
+    }
+
+    impl Vector for Avx2 {
+        const LANES: usize = 8;
+        const MAX_VECTORS: usize = 6;
+        type Sixteen = [__m256; 2];
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx2(_mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(value: f32) -> Self {
+            Avx2(_mm256_set1_ps(value))
+        }
+        #[inline(always)]
+        unsafe fn load(src: *const f32, lanes: usize) -> Self {
+            // SAFETY (both): the caller guarantees `src` is valid for `lanes`
+            // reads; a masked load does not touch the masked-off lanes.
+            if lanes == 8 {
+                Avx2(_mm256_loadu_ps(src))
+            } else {
+                Avx2(_mm256_maskload_ps(src, avx2_mask(lanes)))
+            }
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32, lanes: usize) {
+            // SAFETY: as for `load`, with writes.
+            if lanes == 8 {
+                _mm256_storeu_ps(dst, self.0)
+            } else {
+                _mm256_maskstore_ps(dst, avx2_mask(lanes), self.0)
+            }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            Avx2(_mm256_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            Avx2(_mm256_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn zero16() -> [__m256; 2] {
+            [_mm256_setzero_ps(); 2]
+        }
+        #[inline(always)]
+        unsafe fn load16(src: *const f32) -> [__m256; 2] {
+            // SAFETY: the caller guarantees 16 readable floats at `src`.
+            [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))]
+        }
+        #[inline(always)]
+        unsafe fn mul_add16(a: [__m256; 2], b: [__m256; 2], c: [__m256; 2]) -> [__m256; 2] {
+            [
+                _mm256_fmadd_ps(a[0], b[0], c[0]),
+                _mm256_fmadd_ps(a[1], b[1], c[1]),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn sum16(v: [__m256; 2]) -> f32 {
+            sum8(_mm256_add_ps(v[0], v[1]))
+        }
+    }
+
+    /// Lanes `i` and `i + 4` first, then `(0 + 2) + (1 + 3)`: the second half
+    /// of [`Vector::sum16`]'s tree.
+    #[inline(always)]
+    unsafe fn sum8(eight: __m256) -> f32 {
+        let four = _mm_add_ps(
+            _mm256_castps256_ps128(eight),
+            _mm256_extractf128_ps(eight, 1),
+        );
+        let two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+        _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)))
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Vector for Avx512 {
+        const LANES: usize = 16;
+        const MAX_VECTORS: usize = 8;
+        type Sixteen = Self;
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(_mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(value: f32) -> Self {
+            Avx512(_mm512_set1_ps(value))
+        }
+        #[inline(always)]
+        unsafe fn load(src: *const f32, lanes: usize) -> Self {
+            // SAFETY: the caller guarantees `src` is valid for `lanes` reads;
+            // masked-off lanes are not accessed (no fault, no read).
+            Avx512(_mm512_maskz_loadu_ps(lane_mask(lanes), src))
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32, lanes: usize) {
+            // SAFETY: as for `load`, with writes.
+            _mm512_mask_storeu_ps(dst, lane_mask(lanes), self.0)
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            Avx512(_mm512_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            Avx512(_mm512_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn zero16() -> Self {
+            Self::zero()
+        }
+        #[inline(always)]
+        unsafe fn load16(src: *const f32) -> Self {
+            // SAFETY: the caller guarantees 16 readable floats at `src`.
+            Avx512(_mm512_loadu_ps(src))
+        }
+        #[inline(always)]
+        unsafe fn mul_add16(a: Self, b: Self, c: Self) -> Self {
+            Self::mul_add(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn sum16(v: Self) -> f32 {
+            let low = _mm512_castps512_ps256(v.0);
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v.0), 1));
+            sum8(_mm256_add_ps(low, high))
+        }
+    }
+
+    /// The mask of the first `lanes` (≤ 16) lanes.
+    #[inline(always)]
+    fn lane_mask(lanes: usize) -> __mmask16 {
+        ((1u32 << lanes) - 1) as __mmask16
+    }
+
+    /// The entry points: the generic kernels compiled with each feature set.
+    /// Callers must have checked the features at run time.
+    macro_rules! entry_points {
+        ($vector:ty, $features:literal, $sums:ident, $dots:ident) => {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $sums<I: Iterator<Item = (f32, usize)> + Clone>(
+                block: &mut super::SumBlock<'_>,
+                entries: &impl Fn(usize) -> I,
+            ) {
+                // SAFETY: forwarded from the caller.
+                super::weighted_sums_with::<$vector, I>(block, entries)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $dots(block: &super::DotBlock<'_>, grad: &mut [f32]) {
+                // SAFETY: forwarded from the caller.
+                super::dot_products_with::<$vector>(block, grad)
+            }
+        };
+    }
+    entry_points!(Avx2, "avx2,fma", sums_avx2, dots_avx2);
+    entry_points!(Avx512, "avx512f,avx2,fma", sums_avx512, dots_avx512);
+}
+
+/// One task of `Y = W·X` or `dX = Wᵀ·dY`: output rows `rows`, batch columns
+/// `cols`, each output row the sum of the source rows its entries name, scaled.
+pub(super) struct SumBlock<'a> {
+    /// Output rows, numbered as the `entries` function takes them.
+    pub rows: Range<usize>,
+    /// Batch columns computed.
+    pub cols: Range<usize>,
+    /// The rows being summed, `stride` floats each.
+    pub source: &'a [f32],
+    /// Floats per source row: the full batch.
+    pub stride: usize,
+    /// `rows.len() × cols.len()`, each row contiguous.
+    pub out: ndarray::ArrayViewMut2<'a, f32>,
+}
+
+/// One task of the weight gradient: for each stored entry `(r, c)` of rows
+/// `rows`, the dot product of row `r` of `dy` with row `c` of `x`.
+pub(super) struct DotBlock<'a> {
+    pub rows: Range<usize>,
+    pub indptr: &'a [usize],
+    pub indices: &'a [usize],
+    /// `W.rows() × batch`.
+    pub dy: &'a [f32],
+    /// `W.cols() × batch`.
+    pub x: &'a [f32],
+    pub batch: usize,
+}
+
+/// Computes `block` with `isa`: `out[r, c] = Σ w · source[i, c]` over the
+/// `(w, i)` of `entries(r)`, the entries alternating between two sums.
+///
+/// # Panics
+/// If the block is inconsistent, an entry names a row beyond `source`, or
+/// `isa` is not available on this CPU.
+pub(super) fn weighted_sums<I>(
+    isa: InstructionSet,
+    mut block: SumBlock<'_>,
+    entries: &impl Fn(usize) -> I,
+) where
+    I: Iterator<Item = (f32, usize)> + Clone,
+{
+    let (rows, cols) = block.out.dim();
+    assert_eq!((rows, cols), (block.rows.len(), block.cols.len()));
+    assert!(block.cols.end <= block.stride || block.cols.is_empty());
+    assert!(isa.is_available(), "{isa} is not available on this CPU");
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        cols == 1 || block.out.strides()[1] == 1,
+        "output rows must be contiguous"
+    );
+    // SAFETY: `isa` is available (checked above); the generic code checks
+    // every source row it reads and writes only inside `block.out`.
+    unsafe {
+        match isa {
+            InstructionSet::Portable => sums_portable(&mut block, entries),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx2 => x86::sums_avx2(&mut block, entries),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx512 => x86::sums_avx512(&mut block, entries),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("checked by is_available"),
+        }
+    }
+}
+
+/// Computes `block` with `isa` into `grad`, one value per entry of its rows.
+///
+/// # Panics
+/// As [`weighted_sums`].
+pub(super) fn dot_products(isa: InstructionSet, block: DotBlock<'_>, grad: &mut [f32]) {
+    let entries = block.indptr[block.rows.start]..block.indptr[block.rows.end];
+    assert_eq!(grad.len(), entries.len());
+    assert!(isa.is_available(), "{isa} is not available on this CPU");
+    // SAFETY: `isa` is available (checked above); the generic code reads
+    // through checked slices.
+    unsafe {
+        match isa {
+            InstructionSet::Portable => dots_portable(&block, grad),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx2 => x86::dots_avx2(&block, grad),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx512 => x86::dots_avx512(&block, grad),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("checked by is_available"),
+        }
+    }
+}
+
+/// The portable entry points: the generic code with the build's own target.
+unsafe fn sums_portable<I: Iterator<Item = (f32, usize)> + Clone>(
+    block: &mut SumBlock<'_>,
+    entries: &impl Fn(usize) -> I,
+) {
+    // SAFETY: the portable vector needs no CPU feature.
+    unsafe { weighted_sums_with::<Portable, I>(block, entries) }
+}
+
+unsafe fn dots_portable(block: &DotBlock<'_>, grad: &mut [f32]) {
+    // SAFETY: the portable vector needs no CPU feature.
+    unsafe { dot_products_with::<Portable>(block, grad) }
+}
+
+/// [`weighted_sums`] with vectors `V`: the batch columns in chunks of up to
+/// `V::MAX_VECTORS` vectors, every row of the block per chunk.
+///
+/// # Safety
+/// `V`'s instructions must be available.
+#[inline(always)]
+unsafe fn weighted_sums_with<V: Vector, I>(block: &mut SumBlock<'_>, entries: &impl Fn(usize) -> I)
+where
+    I: Iterator<Item = (f32, usize)> + Clone,
+{
+    let chunk = V::LANES * V::MAX_VECTORS;
+    let mut start = block.cols.start;
+    while start < block.cols.end {
+        let width = chunk.min(block.cols.end - start);
+        // SAFETY: forwarded; `start..start + width` lies inside `block.cols`.
+        unsafe {
+            match width.div_ceil(V::LANES) {
+                1 => chunk_sums::<V, I, 1>(block, entries, start, width),
+                2 => chunk_sums::<V, I, 2>(block, entries, start, width),
+                3 => chunk_sums::<V, I, 3>(block, entries, start, width),
+                4 => chunk_sums::<V, I, 4>(block, entries, start, width),
+                5 => chunk_sums::<V, I, 5>(block, entries, start, width),
+                6 => chunk_sums::<V, I, 6>(block, entries, start, width),
+                7 => chunk_sums::<V, I, 7>(block, entries, start, width),
+                _ => chunk_sums::<V, I, 8>(block, entries, start, width),
+            }
+        }
+        start += width;
+    }
+}
+
+/// Columns `start..start + width` of every row of the block, in `N` vectors
+/// per set of sums (the last one holding the `width − (N − 1)·LANES` left).
+///
+/// # Safety
+/// `V`'s instructions must be available; `start..start + width` must lie
+/// inside `block.cols` and need exactly `N` vectors.
+#[inline(always)]
+unsafe fn chunk_sums<V: Vector, I, const N: usize>(
+    block: &mut SumBlock<'_>,
+    entries: &impl Fn(usize) -> I,
+    start: usize,
+    width: usize,
+) where
+    I: Iterator<Item = (f32, usize)> + Clone,
+{
+    let last = width - (N - 1) * V::LANES;
+    let source_rows = block.source.len() / block.stride;
+    let row_stride = block.out.strides()[0];
+    let out = block.out.as_mut_ptr();
+    for (n, r) in block.rows.clone().enumerate() {
+        let source_row = |i: usize| -> *const f32 {
+            assert!(i < source_rows, "entry names row {i} of {source_rows}");
+            // In bounds: row i holds `stride ≥ start + width` floats.
+            block.source[i * block.stride + start..].as_ptr()
+        };
+        // SAFETY: `V` is available; every load reads `width` floats of one
+        // source row (checked above), every store writes `width` floats of
+        // output row `n`, whose columns `start − cols.start ..` lie in `out`.
+        unsafe {
+            let (mut even, mut odd) = ([V::zero(); N], [V::zero(); N]);
+            let mut entries = entries(r);
+            while let Some((w, i)) = entries.next() {
+                accumulate(&mut even, w, source_row(i), last);
+                let Some((w, i)) = entries.next() else { break };
+                accumulate(&mut odd, w, source_row(i), last);
+            }
+            let row = out.offset(n as isize * row_stride + (start - block.cols.start) as isize);
+            for v in 0..N {
+                let lanes = if v + 1 < N { V::LANES } else { last };
+                V::add(even[v], odd[v]).store(row.add(v * V::LANES), lanes);
+            }
+        }
+    }
+}
+
+/// `sums += w · x` over `N` vectors, the last holding `last` lanes.
+///
+/// # Safety
+/// `V`'s instructions must be available; `x` must be valid for
+/// `(N − 1)·LANES + last` reads.
+#[inline(always)]
+unsafe fn accumulate<V: Vector, const N: usize>(
+    sums: &mut [V; N],
+    w: f32,
+    x: *const f32,
+    last: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let w = V::splat(w);
+        for (v, sum) in sums.iter_mut().enumerate() {
+            let lanes = if v + 1 < N { V::LANES } else { last };
+            *sum = V::mul_add(w, V::load(x.add(v * V::LANES), lanes), *sum);
+        }
+    }
+}
+
+/// [`dot_products`] with vectors `V`: four entries at a time share each load
+/// of the `dy` row.
+///
+/// # Safety
+/// `V`'s instructions must be available.
+#[inline(always)]
+unsafe fn dot_products_with<V: Vector>(block: &DotBlock<'_>, grad: &mut [f32]) {
+    let DotBlock {
+        indptr,
+        indices,
+        dy,
+        x,
+        batch,
+        ..
+    } = *block;
+    let first = indptr[block.rows.start];
+    for r in block.rows.clone() {
+        let dy_row = &dy[r * batch..][..batch];
+        let x_row = |k: usize| &x[indices[k] * batch..][..batch];
+        let (mut k, end) = (indptr[r], indptr[r + 1]);
+        // SAFETY (both): forwarded; the rows are checked slices of `batch` floats.
+        while k + 4 <= end {
+            let rows = [x_row(k), x_row(k + 1), x_row(k + 2), x_row(k + 3)];
+            grad[k - first..][..4].copy_from_slice(&unsafe { dots::<V, 4>(dy_row, rows) });
+            k += 4;
+        }
+        for k in k..end {
+            grad[k - first] = unsafe { dots::<V, 1>(dy_row, [x_row(k)]) }[0];
+        }
+    }
+}
+
+/// The dot products of `a` with each of `G` equally long rows `b`: 16 partial
+/// sums each over the whole 16-float blocks, reduced as a fixed tree, plus the
+/// few floats left. The arithmetic of one product does not depend on `G`.
+///
+/// # Safety
+/// `V`'s instructions must be available.
+#[inline(always)]
+unsafe fn dots<V: Vector, const G: usize>(a: &[f32], b: [&[f32]; G]) -> [f32; G] {
+    let full = a.len() / 16 * 16;
+    assert!(b.iter().all(|row| row.len() == a.len()));
+    // SAFETY: `V` is available (forwarded); every load reads 16 floats at an
+    // offset below `full ≤ len` of a row checked to be `a.len()` long.
+    unsafe {
+        let mut sums = [V::zero16(); G];
+        for start in (0..full).step_by(16) {
+            let a_block = V::load16(a.as_ptr().add(start));
+            for (sum, row) in sums.iter_mut().zip(&b) {
+                *sum = V::mul_add16(a_block, V::load16(row.as_ptr().add(start)), *sum);
+            }
+        }
+        std::array::from_fn(|j| {
+            let tail: f32 = a[full..]
+                .iter()
+                .zip(&b[j][full..])
+                .map(|(x, y)| x * y)
+                .sum();
+            V::sum16(sums[j]) + tail
+        })
+    }
+}
