@@ -14,7 +14,7 @@ use crate::conv::{ConvGeometry, col2im, im2col};
 use crate::data::Dataset;
 use crate::dense::gemm;
 use crate::error::Result;
-use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
+use crate::sparse::{InstructionSet, SparseMatrix, sddmm_using, spmm_transposed_using, spmm_using};
 use crate::train::{LayerInfo, SparseSettings, TrainConfig, Trainer};
 
 /// Time per training epoch of one configuration.
@@ -131,6 +131,8 @@ pub struct KernelTiming {
     pub density: f64,
     /// The kernel.
     pub kernel: Kernel,
+    /// The instruction set of the sparse kernel's inner loops.
+    pub isa: InstructionSet,
     /// Median seconds per call of the sparse kernel.
     pub sparse_seconds: f64,
     /// Median seconds per call of the dense product (sgemm) of the same shape.
@@ -143,13 +145,17 @@ pub struct KernelTiming {
     pub speedup: f64,
 }
 
-/// Times every kernel on every weight shape and density, sparse and dense
-/// calls interleaved, `samples` medians each.
+/// Times every kernel on every weight shape and density with each of `isas`,
+/// sparse and dense calls interleaved, `samples` medians each.
+///
+/// # Panics
+/// If an instruction set is not available on this CPU.
 pub fn time_kernels(
     shapes: &[(usize, usize)],
     densities: &[f64],
     batch: usize,
     samples: usize,
+    isas: &[InstructionSet],
 ) -> Vec<KernelTiming> {
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut results = Vec::new();
@@ -167,21 +173,24 @@ pub fn time_kernels(
                 SparseMatrix::random(rows, cols, nnz, &mut rng, |r| r.random_range(-1.0f32..1.0))
                     .expect("nnz never exceeds rows · cols");
             let mut grad = vec![0.0; w.nnz()];
-            for kernel in Kernel::ALL {
+            for (kernel, &isa) in Kernel::ALL
+                .into_iter()
+                .flat_map(|k| isas.iter().map(move |i| (k, i)))
+            {
                 let (sparse_seconds, dense_seconds) = match kernel {
                     Kernel::Forward => time_pair(
                         samples,
-                        || spmm(&w, x.view(), y.view_mut()),
+                        || spmm_using(isa, &w, x.view(), y.view_mut()),
                         || gemm(1.0, dense_w.view(), x.view(), 0.0, y_dense.view_mut()),
                     ),
                     Kernel::InputGradient => time_pair(
                         samples,
-                        || spmm_transposed(&w, dy.view(), dx.view_mut()),
+                        || spmm_transposed_using(isa, &w, dy.view(), dx.view_mut()),
                         || gemm(1.0, dense_w.t(), dy.view(), 0.0, dx_dense.view_mut()),
                     ),
                     Kernel::WeightGradient => time_pair(
                         samples,
-                        || sddmm(&w, dy.view(), x.view(), &mut grad),
+                        || sddmm_using(isa, &w, dy.view(), x.view(), &mut grad),
                         || gemm(1.0, dy.view(), x.t(), 0.0, dw_dense.view_mut()),
                     ),
                 };
@@ -191,6 +200,7 @@ pub fn time_kernels(
                     batch,
                     density,
                     kernel,
+                    isa,
                     sparse_seconds,
                     dense_seconds,
                     sparse_gflops: flops(w.nnz()) / sparse_seconds,
@@ -201,6 +211,119 @@ pub fn time_kernels(
         }
     }
     results
+}
+
+/// Where a sparse kernel stops beating the dense product of its shape.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Crossover {
+    /// `(rows, cols)` of the weight.
+    pub shape: (usize, usize),
+    /// Batch size.
+    pub batch: usize,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// The instruction set of the sparse kernel.
+    pub isa: InstructionSet,
+    /// The density where sparse and dense take equal time, interpolated
+    /// between the measured densities on a log scale; `None` when sparse
+    /// never loses in the measured range.
+    pub density: Option<f64>,
+    /// The density range measured.
+    pub measured: (f64, f64),
+}
+
+/// The cross-over density of every `(shape, batch, kernel, isa)` in `timings`:
+/// the first measured density where the sparse kernel is no faster than
+/// dense, interpolated with the density before it (log density against log
+/// speed-up). When even the lowest density loses, that density is returned.
+pub fn crossovers(timings: &[KernelTiming]) -> Vec<Crossover> {
+    let mut groups: Vec<Vec<&KernelTiming>> = Vec::new();
+    for t in timings {
+        let same = |g: &Vec<&KernelTiming>| {
+            let first = g[0];
+            (first.shape, first.batch, first.kernel, first.isa)
+                == (t.shape, t.batch, t.kernel, t.isa)
+        };
+        match groups.iter_mut().find(|g| same(g)) {
+            Some(group) => group.push(t),
+            None => groups.push(vec![t]),
+        }
+    }
+    groups
+        .into_iter()
+        .map(|mut group| {
+            group.sort_by(|a, b| a.density.total_cmp(&b.density));
+            let first = group[0];
+            let measured = (first.density, group[group.len() - 1].density);
+            let losing = group.iter().position(|t| t.speedup <= 1.0);
+            let density = losing.map(|i| match i {
+                0 => group[0].density,
+                _ => {
+                    let (a, b) = (group[i - 1], group[i]);
+                    // ln(speed-up) falls from > 0 at `a` to ≤ 0 at `b`: where it is 0.
+                    let (sa, sb) = (a.speedup.ln(), b.speedup.ln());
+                    let fraction = sa / (sa - sb);
+                    (a.density.ln() + fraction * (b.density.ln() - a.density.ln())).exp()
+                }
+            });
+            Crossover {
+                shape: first.shape,
+                batch: first.batch,
+                kernel: first.kernel,
+                isa: first.isa,
+                density,
+                measured,
+            }
+        })
+        .collect()
+}
+
+/// The engine's dense product against one plain matrixmultiply sgemm call.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DenseCheck {
+    /// `(rows, cols)` of the weight.
+    pub shape: (usize, usize),
+    /// Batch size.
+    pub batch: usize,
+    /// Median seconds of the engine's forward product ([`gemm`], its threads).
+    pub engine_seconds: f64,
+    /// Median seconds of one matrixmultiply sgemm call (one thread).
+    pub sgemm_seconds: f64,
+    /// `engine_seconds / sgemm_seconds`: above 1 the engine is slower.
+    pub ratio: f64,
+}
+
+/// Times the engine's dense forward product `W·X` against a plain
+/// single-threaded matrixmultiply sgemm of the same shape: the dense
+/// baseline every sparse speed-up is quoted against must be an honest one.
+pub fn time_dense_path(shapes: &[(usize, usize)], batch: usize, samples: usize) -> Vec<DenseCheck> {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    shapes
+        .iter()
+        .map(|&(rows, cols)| {
+            let w = Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0));
+            let x = Array2::from_shape_simple_fn((cols, batch), || rng.random_range(-1.0f32..1.0));
+            let (mut y, mut y_plain) = (Array2::zeros((rows, batch)), Array2::zeros((rows, batch)));
+            let (engine_seconds, sgemm_seconds) = time_pair(
+                samples,
+                || gemm(1.0, w.view(), x.view(), 0.0, y.view_mut()),
+                || plain_sgemm(&w, &x, &mut y_plain),
+            );
+            DenseCheck {
+                shape: (rows, cols),
+                batch,
+                engine_seconds,
+                sgemm_seconds,
+                ratio: engine_seconds / sgemm_seconds,
+            }
+        })
+        .collect()
+}
+
+/// `y = w · x` as one matrixmultiply sgemm call on the calling thread:
+/// ndarray's `general_mat_mul` hands row-major `f32` arrays straight to it.
+fn plain_sgemm(w: &Array2<f32>, x: &Array2<f32>, y: &mut Array2<f32>) {
+    ndarray::linalg::general_mat_mul(1.0, w, x, 0.0, y);
 }
 
 /// Median seconds of one im2col and one col2im of `batch` images through

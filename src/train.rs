@@ -620,6 +620,7 @@ impl Trainer {
                     }
                 }
             }
+            grads.recycle(&mut self.workspace);
             pass.loss_sum += loss as f64;
             pass.correct += hits;
             pass.steps += 1;

@@ -29,10 +29,50 @@ fn density_outside_the_unit_interval_is_refused() {
     fails_with(&["--density", "1.5"], "density");
     fails_with(&["--density", "-0.2"], "density");
     fails_with(&["train", "--density", "-0.2"], "density");
-    fails_with(
-        &["bench", "--densities", "0.02,-0.1", "--kernels-only"],
-        "density",
+    fails_with(&["bench", "kernels", "--densities", "0.02,-0.1"], "density");
+    fails_with(&["bench", "train", "--densities", "1.5"], "density");
+}
+
+#[test]
+fn bench_kernels_prints_a_table_and_the_cross_over() {
+    let out = sparsetrain(&[
+        "bench",
+        "kernels",
+        "--shapes",
+        "30x40",
+        "--batches",
+        "16",
+        "--densities",
+        "0.1,1",
+        "--samples",
+        "1",
+        "--isa",
+        "all",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "30×40",
+        "forward W·X",
+        "portable",
+        "Cross-over",
+        "sgemm",
+        "conv2",
+    ] {
+        assert!(text.contains(needle), "missing `{needle}` in:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        json["crossovers"].as_array().unwrap().len(),
+        3 * sparsetrain::sparse::InstructionSet::available().len()
+    );
+    fails_with(&["bench", "kernels", "--shapes", "30x0"], "shape");
+    fails_with(&["bench", "kernels", "--isa", "sse9"], "isa");
 }
 
 #[test]
@@ -189,7 +229,7 @@ fn a_missing_data_directory_is_refused() {
         "does not exist",
     );
     fails_with(
-        &["bench", "--data", "/no/such/dir", "--rounds", "1"],
+        &["bench", "train", "--data", "/no/such/dir", "--rounds", "1"],
         "does not exist",
     );
 }

@@ -92,15 +92,14 @@ impl Conv2d {
     /// `dW = dY · colsᵀ` (at the stored entries for a sparse weight), and
     /// `dX = col2im(Wᵀ · dY)` for the channels the weight reads.
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let weight = pass.param(self.weight);
-        let grad = match weight {
+        let grad = match pass.param(self.weight) {
             ParamValue::Sparse(w) => {
-                let mut dw = vec![0.0; w.nnz()];
+                let mut dw = pass.alloc_vec(w.nnz());
                 sddmm(w, dy.view(), self.cols.view(), &mut dw);
                 ParamGrad::Sparse(dw)
             }
             ParamValue::Dense(w) => {
-                let mut dw = Array2::zeros(w.dim());
+                let mut dw = pass.alloc(w.nrows(), w.ncols());
                 gemm(1.0, dy.view(), self.cols.t(), 0.0, dw.view_mut());
                 ParamGrad::Dense(dw)
             }

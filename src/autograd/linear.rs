@@ -112,9 +112,8 @@ impl SparseMatmul {
             spmm_transposed(self.weights(pass), dy.view(), dx.view_mut());
             dx
         });
-        let w = self.weights(pass);
-        let x = pass.value(self.input);
-        let mut dw = vec![0.0; w.nnz()];
+        let mut dw = pass.alloc_vec(self.weights(pass).nnz());
+        let (w, x) = (self.weights(pass), pass.value(self.input));
         sddmm(w, dy.view(), x.view(), &mut dw);
         let input = pass.wants_factors(self.weight).then(|| x.clone());
         pass.accumulate_param(self.weight, ParamGrad::Sparse(dw));
@@ -152,10 +151,15 @@ impl DenseMatmul {
             gemm(1.0, self.weights(pass).t(), dy.view(), 0.0, dx.view_mut());
             dx
         });
-        let w = self.weights(pass);
-        let x = pass.value(self.input);
-        let mut dw = Array2::zeros(w.dim());
-        gemm(1.0, dy.view(), x.t(), 0.0, dw.view_mut());
+        let (rows, cols) = self.weights(pass).dim();
+        let mut dw = pass.alloc(rows, cols);
+        gemm(
+            1.0,
+            dy.view(),
+            pass.value(self.input).t(),
+            0.0,
+            dw.view_mut(),
+        );
         pass.accumulate_param(self.weight, ParamGrad::Dense(dw));
         if let Some(dx) = dx {
             pass.accumulate(self.input, dx);
@@ -178,8 +182,10 @@ impl AddBias {
             .as_slice()
             .expect("gradients are contiguous")
             .chunks_exact(dy.ncols().max(1));
-        let sums: Vec<f32> = rows.map(sum).collect();
-        let db = Array2::from_shape_vec((dy.nrows(), 1), sums).expect("one sum per row");
+        let mut db = pass.alloc(dy.nrows(), 1);
+        for (db, row) in db.iter_mut().zip(rows) {
+            *db = sum(row);
+        }
         pass.accumulate_param(self.bias, ParamGrad::Dense(db));
         pass.accumulate(self.input, dy);
     }

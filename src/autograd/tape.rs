@@ -136,6 +136,19 @@ impl Gradients {
         self.factors.get(id.0).map_or(&[], Vec::as_slice)
     }
 
+    /// Gives every gradient buffer back to `workspace`, for the next step.
+    pub fn recycle(self, workspace: &mut Workspace) {
+        for grad in self.params.into_iter().flatten() {
+            match grad {
+                ParamGrad::Dense(array) => workspace.give(array),
+                ParamGrad::Sparse(values) => workspace.give_vec(values),
+            }
+        }
+        for input in self.inputs.into_iter().flatten() {
+            workspace.give(input);
+        }
+    }
+
     /// Moves the dense-gradient factors of `id` out (no copy).
     pub fn take_factors(&mut self, id: ParamId) -> Vec<GradientFactors> {
         self.factors
@@ -368,14 +381,14 @@ pub(crate) struct BackwardPass<'t, 'p> {
     grads: Gradients,
 }
 
-impl BackwardPass<'_, '_> {
+impl<'t, 'p> BackwardPass<'t, 'p> {
     /// The forward value of a node.
-    pub(crate) fn value(&self, var: Var) -> &Array2<f32> {
+    pub(crate) fn value(&self, var: Var) -> &'t Array2<f32> {
         &self.nodes[var.0].value
     }
 
     /// The value of a parameter.
-    pub(crate) fn param(&self, id: ParamId) -> &ParamValue {
+    pub(crate) fn param(&self, id: ParamId) -> &'p ParamValue {
         &self.params.get(id).value
     }
 
@@ -388,6 +401,11 @@ impl BackwardPass<'_, '_> {
     /// must write every value it (or a later op) reads.
     pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
         self.workspace.array(rows, cols)
+    }
+
+    /// A vector of `len` values from the pool, contents unspecified.
+    pub(crate) fn alloc_vec(&mut self, len: usize) -> Vec<f32> {
+        self.workspace.vec(len)
     }
 
     /// Gives a buffer the op no longer needs back to the pool.

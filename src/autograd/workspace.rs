@@ -26,7 +26,11 @@ impl Workspace {
     /// A `rows × cols` array whose values are unspecified (left over from an
     /// earlier use): the caller must write every value it reads.
     pub fn array(&mut self, rows: usize, cols: usize) -> Array2<f32> {
-        let len = rows * cols;
+        Array2::from_shape_vec((rows, cols), self.vec(rows * cols)).expect("rows · cols values")
+    }
+
+    /// A vector of `len` unspecified values, like [`Workspace::array`].
+    pub fn vec(&mut self, len: usize) -> Vec<f32> {
         // The smallest free buffer that is big enough, else a new one.
         let best = self
             .free
@@ -40,12 +44,16 @@ impl Workspace {
             None => Vec::with_capacity(len),
         };
         buffer.resize(len, 0.0);
-        Array2::from_shape_vec((rows, cols), buffer).expect("rows · cols values")
+        buffer
     }
 
     /// Returns an array's buffer to the pool (it is dropped if the pool is full).
     pub fn give(&mut self, array: Array2<f32>) {
-        let (buffer, _) = array.into_raw_vec_and_offset();
+        self.give_vec(array.into_raw_vec_and_offset().0);
+    }
+
+    /// Returns a vector's buffer to the pool (it is dropped if the pool is full).
+    pub fn give_vec(&mut self, buffer: Vec<f32>) {
         if buffer.capacity() > 0 && self.free.len() < MAX_BUFFERS {
             self.free.push(buffer);
         }

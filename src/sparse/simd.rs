@@ -136,7 +136,7 @@ struct Portable([f32; 16]);
 
 impl Vector for Portable {
     const LANES: usize = 16;
-    const MAX_VECTORS: usize = 8;
+    const MAX_VECTORS: usize = 4;
     type Sixteen = Self;
 
     #[inline(always)]
@@ -149,15 +149,29 @@ impl Vector for Portable {
     }
     #[inline(always)]
     unsafe fn load(src: *const f32, lanes: usize) -> Self {
-        let mut v = [0.0; 16];
-        // SAFETY: the caller guarantees `src` is valid for `lanes` reads.
-        v[..lanes].copy_from_slice(unsafe { std::slice::from_raw_parts(src, lanes) });
-        Portable(v)
+        // SAFETY (both): the caller guarantees `src` is valid for `lanes` reads.
+        if lanes == 16 {
+            Portable(unsafe { src.cast::<[f32; 16]>().read_unaligned() })
+        } else {
+            Portable(std::array::from_fn(|l| {
+                if l < lanes {
+                    unsafe { *src.add(l) }
+                } else {
+                    0.0
+                }
+            }))
+        }
     }
     #[inline(always)]
     unsafe fn store(self, dst: *mut f32, lanes: usize) {
-        // SAFETY: the caller guarantees `dst` is valid for `lanes` writes.
-        unsafe { std::slice::from_raw_parts_mut(dst, lanes) }.copy_from_slice(&self.0[..lanes]);
+        // SAFETY (both): the caller guarantees `dst` is valid for `lanes` writes.
+        if lanes == 16 {
+            unsafe { dst.cast::<[f32; 16]>().write_unaligned(self.0) }
+        } else {
+            for (l, &value) in self.0[..lanes].iter().enumerate() {
+                unsafe { *dst.add(l) = value }
+            }
+        }
     }
     #[inline(always)]
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
@@ -509,7 +523,13 @@ where
 }
 
 /// Columns `start..start + width` of every row of the block, in `N` vectors
-/// per set of sums (the last one holding the `width − (N − 1)·LANES` left).
+/// per set of sums.
+///
+/// The last vector covers the chunk's last `LANES` columns, overlapping the
+/// one before it when `width` is not a multiple of `LANES`: a column's sum is
+/// the same computation in either vector, so the overlap rewrites identical
+/// values, and every load and store is a whole vector. Only a chunk narrower
+/// than one vector uses partial (masked) loads and stores.
 ///
 /// # Safety
 /// `V`'s instructions must be available; `start..start + width` must lie
@@ -523,7 +543,17 @@ unsafe fn chunk_sums<V: Vector, I, const N: usize>(
 ) where
     I: Iterator<Item = (f32, usize)> + Clone,
 {
-    let last = width - (N - 1) * V::LANES;
+    let last = if width >= V::LANES {
+        LastVector {
+            offset: width - V::LANES,
+            lanes: V::LANES,
+        }
+    } else {
+        LastVector {
+            offset: 0,
+            lanes: width,
+        }
+    };
     let source_rows = block.source.len() / block.stride;
     let row_stride = block.out.strides()[0];
     let out = block.out.as_mut_ptr();
@@ -546,31 +576,50 @@ unsafe fn chunk_sums<V: Vector, I, const N: usize>(
             }
             let row = out.offset(n as isize * row_stride + (start - block.cols.start) as isize);
             for v in 0..N {
-                let lanes = if v + 1 < N { V::LANES } else { last };
-                V::add(even[v], odd[v]).store(row.add(v * V::LANES), lanes);
+                let (offset, lanes) = last.place(v, N, V::LANES);
+                V::add(even[v], odd[v]).store(row.add(offset), lanes);
             }
         }
     }
 }
 
-/// `sums += w · x` over `N` vectors, the last holding `last` lanes.
+/// Where a chunk's last vector lies: its first column and how many it holds.
+#[derive(Clone, Copy)]
+struct LastVector {
+    offset: usize,
+    lanes: usize,
+}
+
+impl LastVector {
+    /// The first column and lane count of vector `v` of `n` vectors of `width` lanes.
+    #[inline(always)]
+    fn place(self, v: usize, n: usize, width: usize) -> (usize, usize) {
+        if v + 1 < n {
+            (v * width, width)
+        } else {
+            (self.offset, self.lanes)
+        }
+    }
+}
+
+/// `sums += w · x` over `N` vectors placed as `last` says.
 ///
 /// # Safety
-/// `V`'s instructions must be available; `x` must be valid for
-/// `(N − 1)·LANES + last` reads.
+/// `V`'s instructions must be available; `x` must be valid for reads of
+/// every vector's columns.
 #[inline(always)]
 unsafe fn accumulate<V: Vector, const N: usize>(
     sums: &mut [V; N],
     w: f32,
     x: *const f32,
-    last: usize,
+    last: LastVector,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
         let w = V::splat(w);
         for (v, sum) in sums.iter_mut().enumerate() {
-            let lanes = if v + 1 < N { V::LANES } else { last };
-            *sum = V::mul_add(w, V::load(x.add(v * V::LANES), lanes), *sum);
+            let (offset, lanes) = last.place(v, N, V::LANES);
+            *sum = V::mul_add(w, V::load(x.add(offset), lanes), *sum);
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use sparsetrain::nn::{Architecture, WeightInit};
 use sparsetrain::sparsity::{
     Distribution, GrowthChoice, MaskUpdates, Method, MomentumWindow, PruneChoice,
@@ -397,32 +397,87 @@ fn parse_layer_density(text: &str) -> Result<(String, f64), String> {
     Ok((name.to_string(), density))
 }
 
-/// Timing of epochs and kernels.
+/// What to time.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The three sparse kernels against the dense product of the same shape,
+    /// over shapes, batches and densities; the cross-over density per shape;
+    /// the engine's dense path against plain sgemm; LeNet-5's convolutions.
+    #[command(allow_negative_numbers = true)]
+    Kernels(KernelBenchArgs),
+    /// Time per training epoch (and per step), sparse vs dense, interleaved in
+    /// one run, for LeNet-300-100 and LeNet-5-Caffe on MNIST.
+    #[command(allow_negative_numbers = true)]
+    Train(TrainBenchArgs),
+}
+
+/// `bench kernels`.
+#[derive(Debug, Args)]
+pub struct KernelBenchArgs {
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Weight shapes, `ROWSxCOLS`.
+    #[arg(long, value_delimiter = ',', value_parser = parse_shape,
+          default_value = "300x784,100x300,10x100,4096x4096")]
+    pub shapes: Vec<(usize, usize)>,
+    /// Batch sizes.
+    #[arg(long, value_delimiter = ',', default_value = "64,100")]
+    pub batches: Vec<usize>,
+    /// Densities; the ones above 5 % locate the cross-over with dense.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.01,0.02,0.05,0.1,0.2,0.35,0.5,1"
+    )]
+    pub densities: Vec<f64>,
+    /// Instruction sets of the sparse kernels: best, all, portable, avx2 or avx512.
+    #[arg(long, default_value = "best")]
+    pub isa: String,
+    /// Samples per timing (medians are reported).
+    #[arg(long, default_value_t = 7)]
+    pub samples: usize,
+}
+
+/// `bench train`.
+#[derive(Debug, Args)]
+pub struct TrainBenchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The networks whose epochs are timed.
+    #[arg(long, value_delimiter = ',', default_value = "lenet300-100,lenet5")]
+    pub models: Vec<Architecture>,
     /// Densities to compare with the dense model.
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05")]
     pub densities: Vec<f64>,
-    /// The network whose epochs are timed: lenet300-100, lenet5, …
-    #[arg(long, default_value = "lenet300-100")]
-    pub model: Architecture,
     /// Measured epochs per configuration (interleaved).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Steps per round of the LeNet-5 step timing (masks fixed).
-    #[arg(long, default_value_t = 20)]
-    pub steps: usize,
-    /// Batch size for the epochs and the kernels.
+    /// Batch size.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
-    /// Samples per kernel timing (medians are reported).
-    #[arg(long, default_value_t = 15)]
-    pub samples: usize,
-    /// Skip the epoch timings (kernels only).
-    #[arg(long)]
-    pub kernels_only: bool,
+    /// Train on the first N training samples only (shorter epochs).
+    #[arg(long, value_name = "N")]
+    pub train_samples: Option<usize>,
+}
+
+fn parse_shape(text: &str) -> Result<(usize, usize), String> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| format!("`{text}` is not a shape ROWSxCOLS of positive integers"))
+    };
+    let (rows, cols) = text
+        .split_once(['x', '×'])
+        .ok_or_else(|| format!("`{text}` is not a shape ROWSxCOLS"))?;
+    Ok((parse(rows)?, parse(cols)?))
 }
 
 /// Evaluating a checkpoint.

@@ -21,6 +21,7 @@ macro_rules! say {
 }
 
 mod args;
+mod bench;
 mod config_file;
 mod report;
 
@@ -28,16 +29,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sparsetrain::bench::{EpochTiming, KernelTiming, time_epochs, time_im2col, time_kernels};
 use sparsetrain::checkpoint::{Checkpoint, write_atomically};
-use sparsetrain::conv::ConvGeometry;
 use sparsetrain::data::Mnist;
-use sparsetrain::nn::Architecture;
 use sparsetrain::plot::plot_run;
 use sparsetrain::runlog::RunLog;
-use sparsetrain::sparsity::Method;
 use sparsetrain::stats::Summary;
-use sparsetrain::train::{SparseSettings, TrainConfig, Trainer};
+use sparsetrain::train::{TrainConfig, Trainer};
 
 use args::{BenchArgs, CliError, EvalArgs, InspectArgs, PlotArgs, SeedsArgs, TrainArgs};
 use report::{ProgressPrinter, print_banner, print_summary, summary_json};
@@ -100,7 +97,7 @@ fn run(cli: Cli) -> CliResult {
         Some(Command::Inspect(args)) => inspect(args),
         Some(Command::Plot(args)) => plot(args),
         Some(Command::Seeds(args)) => seeds(args),
-        Some(Command::Bench(args)) => bench(args),
+        Some(Command::Bench(args)) => bench::bench(args),
         None => train(cli.train),
     }
 }
@@ -340,202 +337,6 @@ fn set_threads(threads: Option<usize>) -> CliResult {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
             .build_global()?;
-    }
-    Ok(())
-}
-
-/// Prints one line per configuration: median time per epoch (or per step,
-/// dividing by `steps`) and the speed-up over dense.
-fn print_timings(unit: &str, timings: &[EpochTiming], steps: usize) {
-    say!(
-        "  {:<10} {:>14} {:>16}",
-        "weights",
-        format!("median {unit}"),
-        "speed-up vs dense"
-    );
-    for t in timings {
-        let label = t
-            .density
-            .map_or("dense".to_string(), |d| format!("{:.0}% sparse", 100.0 * d));
-        let (value, suffix) = if steps > 1 {
-            (1e3 * t.median_seconds / steps as f64, "ms")
-        } else {
-            (t.median_seconds, "s")
-        };
-        say!(
-            "  {:<10} {:>11.3} {suffix:<2} {:>15.1}×",
-            label,
-            value,
-            t.speedup_vs_dense
-        );
-    }
-}
-
-fn print_kernel_header() {
-    say!(
-        "  {:<16} {:>7} {:<20} {:>10} {:>9} {:>10} {:>9} {:>8}",
-        "shape",
-        "density",
-        "kernel",
-        "sparse µs",
-        "GFLOP/s",
-        "dense µs",
-        "GFLOP/s",
-        "speed-up"
-    );
-}
-
-fn print_kernel(k: &KernelTiming, label: &str) {
-    say!(
-        "  {:<16} {:>6.0}% {:<20} {:>10.1} {:>9.1} {:>10.1} {:>9.1} {:>7.1}×",
-        label,
-        100.0 * k.density,
-        k.kernel.name(),
-        1e6 * k.sparse_seconds,
-        k.sparse_gflops,
-        1e6 * k.dense_seconds,
-        k.dense_gflops,
-        k.speedup
-    );
-}
-
-fn bench(args: BenchArgs) -> CliResult {
-    set_threads(args.common.threads)?;
-    for &d in &args.densities {
-        sparsetrain::sparsity::check_density(d)?;
-    }
-    let threads = rayon::current_num_threads();
-    let mut json = serde_json::json!({ "threads": threads });
-    if !args.kernels_only {
-        let mnist = load_mnist(&args.common.data)?;
-        let base = TrainConfig {
-            model: args.model.clone(),
-            batch_size: args.batch_size,
-            threads: args.common.threads,
-            ..TrainConfig::default()
-        };
-        say!(
-            "Epoch time, {} on MNIST ({} training samples, batch {}), {} interleaved rounds, {threads} threads:",
-            base.model.describe(),
-            mnist.train.len()
-                - (base.validation_fraction * mnist.train.len() as f64).round() as usize,
-            args.batch_size,
-            args.rounds
-        );
-        let timings = time_epochs(
-            &base,
-            &mnist.train,
-            &mnist.test,
-            &args.densities,
-            args.rounds,
-        )?;
-        print_timings("epoch", &timings, 1);
-        json["epochs"] = serde_json::to_value(&timings)?;
-
-        // LeNet-5 steps with the masks as drawn: the cost of the convolutions
-        // themselves, without mask updates or growth bookkeeping.
-        let steps = args.steps.max(1);
-        let lenet5 = TrainConfig {
-            model: Architecture::LeNet5,
-            train_samples: Some(steps * args.batch_size),
-            sparse: Some(SparseSettings::method(Method::Static, 0.05)),
-            ..base
-        };
-        say!(
-            "Step time, LeNet-5-Caffe, batch {}, masks fixed at their initial uniform density, {} rounds of {steps} steps:",
-            args.batch_size,
-            args.rounds
-        );
-        let timings = time_epochs(
-            &lenet5,
-            &mnist.train,
-            &mnist.test,
-            &args.densities,
-            args.rounds,
-        )?;
-        print_timings("step", &timings, steps);
-        say!("  channels a sparse layer skips at these masks (empty filters, unread inputs):");
-        for t in timings.iter().filter(|t| t.density.is_some()) {
-            for layer in t.layers.iter().filter(|l| l.name.starts_with("conv")) {
-                say!(
-                    "    {:>3.0}% {:<13} {}",
-                    100.0 * t.density.unwrap_or(1.0),
-                    layer.name,
-                    report::describe_channels(&layer.channels)
-                );
-            }
-        }
-        json["lenet5_steps"] = serde_json::to_value(&timings)?;
-    }
-    let shapes = [(300, 784), (100, 300), (10, 100)];
-    say!(
-        "Kernels, LeNet-300-100 weight shapes, batch {}, {threads} threads (GFLOP/s = 2·nnz·batch / time):",
-        args.batch_size
-    );
-    print_kernel_header();
-    let kernels =
-        rayon::scope(|_| time_kernels(&shapes, &args.densities, args.batch_size, args.samples));
-    for k in &kernels {
-        print_kernel(k, &format!("{}×{}", k.shape.0, k.shape.1));
-    }
-    json["kernels"] = serde_json::to_value(&kernels)?;
-
-    // A convolution is the same three products, with the im2col matrix as
-    // input: `batch · out_h · out_w` columns instead of `batch`.
-    let lenet5_convs = [
-        (
-            "conv1",
-            20,
-            ConvGeometry {
-                in_channels: 1,
-                height: 28,
-                width: 28,
-                kernel: (5, 5),
-                stride: 1,
-                padding: 0,
-            },
-        ),
-        (
-            "conv2",
-            50,
-            ConvGeometry {
-                in_channels: 20,
-                height: 12,
-                width: 12,
-                kernel: (5, 5),
-                stride: 1,
-                padding: 0,
-            },
-        ),
-    ];
-    say!(
-        "Convolution kernels, LeNet-5-Caffe layers as products with the im2col matrix, batch {}, {threads} threads:",
-        args.batch_size
-    );
-    print_kernel_header();
-    let mut conv_json = Vec::new();
-    for (name, out_channels, geometry) in lenet5_convs {
-        let (out_h, out_w) = geometry.output_size()?;
-        let columns = args.batch_size * out_h * out_w;
-        let shape = (out_channels, geometry.patch_len());
-        let timings =
-            rayon::scope(|_| time_kernels(&[shape], &args.densities, columns, args.samples));
-        for k in &timings {
-            print_kernel(k, &format!("{name} {}×{}", shape.0, shape.1));
-        }
-        let (im2col, col2im) = time_im2col(&geometry, args.batch_size, args.samples)?;
-        say!(
-            "  {name}: im2col {:.1} µs, col2im {:.1} µs with every row (a sparse layer builds only the rows its filters read)",
-            1e6 * im2col,
-            1e6 * col2im
-        );
-        conv_json.push(serde_json::json!({
-            "layer": name, "kernels": timings, "im2col_seconds": im2col, "col2im_seconds": col2im,
-        }));
-    }
-    json["conv_kernels"] = serde_json::Value::Array(conv_json);
-    if args.common.json {
-        say!("{json}");
     }
     Ok(())
 }
