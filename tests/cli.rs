@@ -73,6 +73,11 @@ fn bench_kernels_prints_a_table_and_the_cross_over() {
     );
     fails_with(&["bench", "kernels", "--shapes", "30x0"], "shape");
     fails_with(&["bench", "kernels", "--isa", "sse9"], "isa");
+    fails_with(
+        &["bench", "kernels", "--batches", "64,0"],
+        "positive integer",
+    );
+    fails_with(&["bench", "train", "--rounds", "0"], "positive integer");
 }
 
 #[test]

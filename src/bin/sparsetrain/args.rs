@@ -427,7 +427,7 @@ pub struct KernelBenchArgs {
           default_value = "300x784,100x300,10x100,4096x4096")]
     pub shapes: Vec<(usize, usize)>,
     /// Batch sizes.
-    #[arg(long, value_delimiter = ',', default_value = "64,100")]
+    #[arg(long, value_delimiter = ',', value_parser = parse_positive, default_value = "64,100")]
     pub batches: Vec<usize>,
     /// Densities; the ones above 5 % locate the cross-over with dense.
     #[arg(
@@ -456,14 +456,22 @@ pub struct TrainBenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.05")]
     pub densities: Vec<f64>,
     /// Measured epochs per configuration (interleaved).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_parser = parse_positive, default_value = "3")]
     pub rounds: usize,
     /// Batch size.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, value_parser = parse_positive, default_value = "100")]
     pub batch_size: usize,
     /// Train on the first N training samples only (shorter epochs).
     #[arg(long, value_name = "N")]
     pub train_samples: Option<usize>,
+}
+
+fn parse_positive(text: &str) -> Result<usize, String> {
+    text.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{text}` is not a positive integer"))
 }
 
 fn parse_shape(text: &str) -> Result<(usize, usize), String> {
