@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
-use crate::autograd::{Gradients, Tape, Workspace};
+use crate::autograd::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels, Gradients, Tape, Workspace};
 use crate::checkpoint::{Checkpoint, Contents, restore_params};
 use crate::conv::ImageShape;
 use crate::data::{Batch, Dataset, Splits, epoch_order};
@@ -63,6 +63,10 @@ pub struct TrainConfig {
     pub init: WeightInit,
     /// Worker threads; `None` uses one per core. Results do not depend on it.
     pub threads: Option<usize>,
+    /// A sparse layer denser than this computes with dense kernels (its
+    /// structure stays CSR) if its products are not tiny
+    /// ([`DenseKernels::above`]); `None` always uses the sparse kernels.
+    pub dense_kernels_above: Option<f64>,
 }
 
 /// How a sparse run is sparse: how many weights each layer starts with and
@@ -119,6 +123,7 @@ impl Default for TrainConfig {
             sparse: Some(SparseSettings::default()),
             init: WeightInit::default(),
             threads: None,
+            dense_kernels_above: Some(DEFAULT_DENSE_KERNELS_ABOVE),
         }
     }
 }
@@ -164,6 +169,14 @@ impl TrainConfig {
         }
         if self.threads == Some(0) {
             return Err(Error::config("threads", "must be at least 1"));
+        }
+        if let Some(threshold) = self.dense_kernels_above
+            && !(0.0..=1.0).contains(&threshold)
+        {
+            return Err(Error::config(
+                "dense-kernels-above",
+                format!("{threshold} is not a density in [0, 1]"),
+            ));
         }
         Ok(())
     }
@@ -296,8 +309,10 @@ pub struct Trainer {
     data: Splits,
     store: ParamStore,
     model: Sequential,
-    /// Scratch buffers (im2col) kept from step to step.
+    /// Scratch buffers (activations, gradients, im2col) kept from step to step.
     workspace: Workspace,
+    /// The batch being trained and the next one, kept from epoch to epoch.
+    batches: [Batch; 2],
     sgd: Sgd,
     schedule: StepLr,
     sparse: Option<SparseLearning>,
@@ -406,6 +421,7 @@ impl Trainer {
             store,
             model,
             workspace: Workspace::new(),
+            batches: Default::default(),
             sparse,
             steps_done: 0,
             epochs_done: 0,
@@ -568,7 +584,7 @@ impl Trainer {
     fn train_steps(&mut self, epoch: usize, observer: &mut impl Observer) -> Result<Pass> {
         let order = epoch_order(self.data.train.len(), self.config.seed, epoch);
         let batches: Vec<&[usize]> = order.chunks(self.config.batch_size).collect();
-        let (mut batch, mut next) = (Batch::default(), Batch::default());
+        let [mut batch, mut next] = std::mem::take(&mut self.batches);
         let images = self.takes_images();
         gather(&self.data.train, images, batches[0], &mut batch);
         let mut pass = Pass {
@@ -631,6 +647,7 @@ impl Trainer {
                 loss,
             });
         }
+        self.batches = [batch, next];
         Ok(pass)
     }
 
@@ -643,6 +660,7 @@ impl Trainer {
         workspace: Workspace,
     ) -> (Result<StepResult>, Workspace) {
         let mut tape = Tape::with_workspace(&self.store, workspace);
+        tape.set_dense_kernels(self.config.dense_kernels_above.map(DenseKernels::above));
         // Dropout's random numbers: one stream per step, so a resumed run draws the same.
         let mut dropout_rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ DROPOUT_SEED);
         dropout_rng.set_stream(self.steps_done as u64);
@@ -653,10 +671,8 @@ impl Trainer {
         let x = tape.input(std::mem::take(&mut batch.inputs));
         let result = (|| {
             let logits = self.model.run(&mut tape, x)?;
-            let hits = predictions(tape.value(logits))
-                .iter()
-                .zip(&batch.labels)
-                .filter(|(p, l)| p == l)
+            let hits = (batch.labels.iter().enumerate())
+                .filter(|&(j, &label)| predicted_class(tape.value(logits), j) == label)
                 .count();
             let loss_var = tape.softmax_cross_entropy(logits, &batch.labels)?;
             let grads = tape.backward(loss_var)?;
@@ -698,10 +714,11 @@ impl Trainer {
             gather(data, self.takes_images(), indices, &mut batch);
             let mut tape = Tape::with_workspace(&self.store, workspace);
             tape.set_training(false);
+            tape.set_dense_kernels(self.config.dense_kernels_above.map(DenseKernels::above));
             let x = tape.input(std::mem::take(&mut batch.inputs));
             let logits = self.model.run(&mut tape, x)?;
-            for (&predicted, &label) in predictions(tape.value(logits)).iter().zip(&batch.labels) {
-                confusion[label][predicted] += 1;
+            for (j, &label) in batch.labels.iter().enumerate() {
+                confusion[label][predicted_class(tape.value(logits), j)] += 1;
             }
             let loss = tape.softmax_cross_entropy(logits, &batch.labels)?;
             loss_sum += tape.value(loss)[(0, 0)] as f64 * indices.len() as f64;
@@ -886,24 +903,14 @@ impl Pass {
     }
 }
 
-/// The predicted class of every column of `logits` (`classes × batch`): where
-/// the column is largest, ties to the lower class. Walks the rows, which are
-/// contiguous.
-fn predictions(logits: &ndarray::Array2<f32>) -> Vec<usize> {
-    let batch = logits.ncols();
-    let mut best = vec![f32::NEG_INFINITY; batch];
-    let mut predicted = vec![0usize; batch];
-    let rows = logits
-        .as_slice()
-        .expect("tape values are contiguous")
-        .chunks_exact(batch.max(1));
-    for (class, row) in rows.enumerate() {
-        for ((b, p), &v) in best.iter_mut().zip(&mut predicted).zip(row) {
-            if v > *b {
-                *b = v;
-                *p = class;
-            }
+/// The predicted class of column `j` of `logits` (`classes × batch`): the
+/// row where the column is largest, ties to the lower class.
+fn predicted_class(logits: &ndarray::Array2<f32>, j: usize) -> usize {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (class, &v) in logits.column(j).iter().enumerate() {
+        if v > best.1 {
+            best = (class, v);
         }
     }
-    predicted
+    best.0
 }

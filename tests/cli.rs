@@ -98,6 +98,11 @@ fn other_bad_settings_are_refused() {
         "prune-rate",
     );
     fails_with(&["--momentum-window", "soon"], "momentum-window");
+    fails_with(&["--dense-kernels-above", "2"], "dense-kernels-above");
+    fails_with(
+        &["--dense-kernels-above", "sometimes"],
+        "dense-kernels-above",
+    );
     fails_with(&["--init", "xavier"], "init");
     fails_with(&["--validation-fraction", "1"], "validation-fraction");
     fails_with(&["--no-such-flag"], "no-such-flag");
@@ -405,6 +410,8 @@ fn the_saved_config_reproduces_the_run() {
             "rigl",
             "--density",
             "0.1",
+            "--dense-kernels-above",
+            "never",
             "--run",
             "a",
             "--json",
@@ -433,7 +440,9 @@ fn the_saved_config_reproduces_the_run() {
     );
     let config = std::fs::read_to_string(dir.path().join("runs/b/config.toml")).unwrap();
     assert!(
-        config.contains("method = \"rigl\"") && config.contains("density = 0.1"),
+        config.contains("method = \"rigl\"")
+            && config.contains("density = 0.1")
+            && config.contains("dense-kernels-above = \"never\""),
         "{config}"
     );
     // Flags on the command line win over the file.

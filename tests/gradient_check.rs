@@ -3,16 +3,22 @@
 //! For an op `y = f(inputs, params)` and a fixed random `r` shaped like `y`,
 //! the tape's vector–Jacobian product (`backward_with_seed(y, r)`) must equal
 //! the numerical derivative of `L = Σ r ⊙ y`, computed as
-//! `(L(θ + h) − L(θ − h)) / 2h` with `L` summed in f64.
+//! `(L(θ + h) − L(θ − h)) / 2h` with `L` summed in f64. The tapes take their
+//! scratch buffers from a poisoned workspace (every buffer starts as NaN), so
+//! an op that reads a value it never wrote fails too.
 
 use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use sparsetrain::autograd::BatchNormParams;
+use sparsetrain::autograd::{BatchNormParams, DenseKernels, Workspace};
 use sparsetrain::conv::{ConvGeometry, ImageShape};
 use sparsetrain::prelude::*;
 
 const STEP: f64 = 1e-2;
+
+/// A sparse weight's two ways to compute: always its sparse kernels, and
+/// dense kernels on a scratch copy, whatever the density and size.
+const SPARSE_AND_DENSE_KERNELS: [Option<DenseKernels>; 2] = [None, Some(DenseKernels::always())];
 
 fn random_array(rng: &mut ChaCha8Rng, shape: (usize, usize)) -> Array2<f32> {
     Array2::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
@@ -33,7 +39,7 @@ fn weighted_sum(
     r: &Array2<f32>,
     build: &dyn Fn(&mut Tape, &[Var]) -> Var,
 ) -> f64 {
-    let mut tape = Tape::new(store);
+    let mut tape = Tape::with_workspace(store, Workspace::poisoned());
     let vars: Vec<Var> = inputs.iter().map(|x| tape.input(x.clone())).collect();
     let out = build(&mut tape, &vars);
     tape.value(out)
@@ -55,7 +61,9 @@ fn assert_close(analytic: f32, numeric: f64, what: &str) {
 /// Checks the gradients of every input and every parameter of `store`.
 fn check(store: &ParamStore, inputs: &[Array2<f32>], build: impl Fn(&mut Tape, &[Var]) -> Var) {
     let mut rng = ChaCha8Rng::seed_from_u64(99);
-    let mut tape = Tape::new(store);
+    // Every scratch buffer starts as NaN: an op that reads what it did not
+    // write fails the check.
+    let mut tape = Tape::with_workspace(store, Workspace::poisoned());
     let vars: Vec<Var> = inputs
         .iter()
         .map(|x| tape.input_with_grad(x.clone()))
@@ -116,7 +124,12 @@ fn sparse_matmul_gradients() {
     let w = SparseMatrix::random(7, 5, 14, &mut rng, |r| r.random_range(-1.0f32..1.0)).unwrap();
     let id = store.add("w", ParamValue::Sparse(w));
     let x = random_array(&mut rng, (5, 3));
-    check(&store, &[x], |tape, v| tape.matmul(id, v[0]).unwrap());
+    for threshold in SPARSE_AND_DENSE_KERNELS {
+        check(&store, std::slice::from_ref(&x), |tape, v| {
+            tape.set_dense_kernels(threshold);
+            tape.matmul(id, v[0]).unwrap()
+        });
+    }
 }
 
 #[test]
@@ -127,7 +140,12 @@ fn sparse_matmul_gradients_with_a_wide_batch() {
     let w = SparseMatrix::random(4, 6, 9, &mut rng, |r| r.random_range(-1.0f32..1.0)).unwrap();
     let id = store.add("w", ParamValue::Sparse(w));
     let x = random_array(&mut rng, (6, 37));
-    check(&store, &[x], |tape, v| tape.matmul(id, v[0]).unwrap());
+    for threshold in SPARSE_AND_DENSE_KERNELS {
+        check(&store, std::slice::from_ref(&x), |tape, v| {
+            tape.set_dense_kernels(threshold);
+            tape.matmul(id, v[0]).unwrap()
+        });
+    }
 }
 
 #[test]
@@ -256,9 +274,12 @@ fn sparse_conv2d_gradients_with_stride_padding_and_an_unread_channel() {
     let mut store = ParamStore::new();
     let id = store.add("w", ParamValue::Sparse(w));
     let x = images(&mut rng, &geometry, 2);
-    check(&store, &[x], |tape, v| {
-        tape.conv2d(id, v[0], geometry).unwrap()
-    });
+    for threshold in SPARSE_AND_DENSE_KERNELS {
+        check(&store, std::slice::from_ref(&x), |tape, v| {
+            tape.set_dense_kernels(threshold);
+            tape.conv2d(id, v[0], geometry).unwrap()
+        });
+    }
 }
 
 #[test]
@@ -277,9 +298,12 @@ fn sparse_conv2d_gradients_at_full_density_and_empty() {
         let mut store = ParamStore::new();
         let id = store.add("w", ParamValue::Sparse(w));
         let x = images(&mut rng, &geometry, 3);
-        check(&store, &[x], |tape, v| {
-            tape.conv2d(id, v[0], geometry).unwrap()
-        });
+        for threshold in SPARSE_AND_DENSE_KERNELS {
+            check(&store, std::slice::from_ref(&x), |tape, v| {
+                tape.set_dense_kernels(threshold);
+                tape.conv2d(id, v[0], geometry).unwrap()
+            });
+        }
     }
 }
 

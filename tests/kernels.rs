@@ -6,7 +6,7 @@ use ndarray::Array2;
 use proptest::prelude::*;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use sparsetrain::autograd::Tape;
+use sparsetrain::autograd::{DenseKernels, Tape};
 use sparsetrain::conv::ConvGeometry;
 use sparsetrain::params::{ParamStore, ParamValue};
 use sparsetrain::sparse::{
@@ -30,6 +30,19 @@ fn problem(rows: usize, cols: usize, batch: usize, density: f64, seed: u64) -> P
     let x = Array2::from_shape_simple_fn((cols, batch), || rng.random_range(-1.0f32..1.0));
     let dy = Array2::from_shape_simple_fn((rows, batch), || rng.random_range(-1.0f32..1.0));
     Problem { w, x, dy }
+}
+
+/// Random problems up to 23 × 23 (empty shapes included) and batches below
+/// `max_batch`, at density 0, 1 or anything between.
+fn problems(max_batch: usize) -> impl Strategy<Value = Problem> {
+    (
+        0usize..24,
+        0usize..24,
+        1usize..max_batch,
+        prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0],
+        any::<u64>(),
+    )
+        .prop_map(|(rows, cols, batch, density, seed)| problem(rows, cols, batch, density, seed))
 }
 
 fn assert_all_close(actual: &[f32], expected: &[f32], what: &str) {
@@ -89,14 +102,51 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
     #[test]
-    fn kernels_match_dense_products(
-        rows in 0usize..24,
-        cols in 0usize..24,
-        batch in 1usize..300,
-        density in prop_oneof![Just(0.0), Just(1.0), 0.0f64..1.0],
-        seed in any::<u64>(),
-    ) {
-        check_against_dense(&problem(rows, cols, batch, density, seed));
+    fn kernels_match_dense_products(p in problems(300)) {
+        check_against_dense(&p);
+    }
+}
+
+/// `y = W·x`, `dx` and `dW` of one tape matmul whose sparse weights run
+/// dense kernels per `threshold` (`None`: never).
+fn tape_outputs(p: &Problem, threshold: Option<DenseKernels>) -> Outputs {
+    let mut store = ParamStore::new();
+    let id = store.add("w", ParamValue::Sparse(p.w.clone()));
+    let mut tape = Tape::new(&store);
+    tape.set_dense_kernels(threshold);
+    let x = tape.input_with_grad(p.x.clone());
+    let y = tape.matmul(id, x).unwrap();
+    let value = tape.value(y).clone();
+    let grads = tape.backward_with_seed(y, p.dy.clone()).unwrap();
+    let dx = grads.input(x).unwrap().clone();
+    (value, dx, grads.param(id).unwrap().values().to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(100))]
+
+    /// A sparse layer above the threshold computes with sgemm on a scratch
+    /// copy: the same products as its sparse kernels, up to rounding.
+    #[test]
+    fn dense_kernels_for_a_sparse_weight_match_the_sparse_kernels(p in problems(150)) {
+        let (y, dx, dw) = tape_outputs(&p, None);
+        let (y_dense, dx_dense, dw_dense) = tape_outputs(&p, Some(DenseKernels::always()));
+        assert_all_close(y_dense.as_slice().unwrap(), y.as_slice().unwrap(), "W·X");
+        assert_all_close(dx_dense.as_slice().unwrap(), dx.as_slice().unwrap(), "Wᵀ·dY");
+        assert_all_close(&dw_dense, &dw, "dW at the entries");
+    }
+
+    /// `scatter_into` then `gather_from` gives back the stored values, and
+    /// the scattered matrix is zero where nothing is stored.
+    #[test]
+    fn scatter_and_gather_are_inverse_on_the_structure(p in problems(2)) {
+        let mut dense = Array2::from_elem(p.w.shape(), f32::NAN);
+        p.w.scatter_into(dense.view_mut());
+        let stored = dense.iter().filter(|&&v| v != 0.0).count();
+        prop_assert_eq!(stored, p.w.values().iter().filter(|&&v| v != 0.0).count());
+        let mut values = vec![f32::NAN; p.w.nnz()];
+        p.w.gather_from(dense.view(), &mut values);
+        prop_assert_eq!(values.as_slice(), p.w.values());
     }
 }
 

@@ -5,7 +5,9 @@
 //! of it (a weight, a gradient, a momentum buffer) would need 940 800 bytes.
 //! Outside the window before a mask update (where growth deliberately builds
 //! the dense momentum of missing weights, see `sparsity::window`), nothing
-//! that large may appear.
+//! that large may appear. (A large layer denser than `dense_kernels_above`
+//! would be multiplied through a scratch copy of its own size; here only the
+//! 10 × 100 output layer gets that dense, and it is too small to switch.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;

@@ -2,13 +2,13 @@
 
 use ndarray::Array2;
 
+use super::sparse_product::SparseProduct;
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
 use super::workspace::Workspace;
 use crate::conv::{ConvGeometry, col2im, im2col};
 use crate::dense::gemm;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
-use crate::sparse::{sddmm, spmm, spmm_transposed};
 
 /// `Y = W · im2col(X)` with `W` of shape `out × (in · kh · kw)`.
 #[derive(Debug)]
@@ -19,8 +19,10 @@ pub(crate) struct Conv2d {
     /// The im2col matrix, kept for the weight gradient; from the workspace.
     cols: Array2<f32>,
     /// The rows of `cols` (kernel offsets of input channels) the weight
-    /// reads; the others were not built, and get no gradient.
+    /// reads; the others were not built, and get no gradient. From the workspace.
     needed: Vec<bool>,
+    /// For a sparse weight: sparse kernels, or dense ones above the threshold.
+    product: Option<SparseProduct>,
 }
 
 impl Tape<'_> {
@@ -53,13 +55,24 @@ impl Tape<'_> {
                 ),
             ));
         }
-        let needed = match &param.value {
-            ParamValue::Sparse(w) if !self.keeps_factors(weight) => {
-                w.column_counts().iter().map(|&n| n > 0).collect()
-            }
-            _ => vec![true; geometry.patch_len()],
-        };
         let columns = batch * out_h * out_w;
+        let product = match &param.value {
+            ParamValue::Sparse(w) => Some(self.sparse_product(w, columns)),
+            ParamValue::Dense(_) => None,
+        };
+        // The dense kernels read every row of im2col (zeros in the copy
+        // times whatever the row holds), so they need every row built.
+        let mut needed = self.workspace().flags(patch);
+        match (&param.value, &product) {
+            (ParamValue::Sparse(w), Some(SparseProduct::Kernels))
+                if !self.keeps_factors(weight) =>
+            {
+                for (c, flag) in needed.iter_mut().enumerate() {
+                    *flag = w.column_count(c) > 0;
+                }
+            }
+            _ => needed.fill(true),
+        }
         let mut cols = self.alloc(patch, columns);
         let x = self
             .value(input)
@@ -73,9 +86,10 @@ impl Tape<'_> {
             cols.as_slice_mut().expect("contiguous"),
         );
         let mut y = self.alloc(out_channels, columns);
-        match &self.params().get(weight).value {
-            ParamValue::Sparse(w) => spmm(w, cols.view(), y.view_mut()),
-            ParamValue::Dense(w) => gemm(1.0, w.view(), cols.view(), 0.0, y.view_mut()),
+        match (&param.value, &product) {
+            (ParamValue::Sparse(w), Some(product)) => product.forward(w, cols.view(), y.view_mut()),
+            (ParamValue::Dense(w), _) => gemm(1.0, w.view(), cols.view(), 0.0, y.view_mut()),
+            (ParamValue::Sparse(_), None) => unreachable!("a sparse weight has a product"),
         }
         let op = Conv2d {
             weight,
@@ -83,6 +97,7 @@ impl Tape<'_> {
             geometry,
             cols,
             needed,
+            product,
         };
         Ok(self.push_op(y, Op::Conv2d(op), &[input], true))
     }
@@ -92,24 +107,26 @@ impl Conv2d {
     /// `dW = dY · colsᵀ` (at the stored entries for a sparse weight), and
     /// `dX = col2im(Wᵀ · dY)` for the channels the weight reads.
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let grad = match pass.param(self.weight) {
-            ParamValue::Sparse(w) => {
-                let mut dw = pass.alloc_vec(w.nnz());
-                sddmm(w, dy.view(), self.cols.view(), &mut dw);
-                ParamGrad::Sparse(dw)
+        let grad = match (pass.param(self.weight), &self.product) {
+            (ParamValue::Sparse(w), Some(product)) => {
+                ParamGrad::Sparse(product.weight_grad(w, dy.view(), self.cols.view(), pass))
             }
-            ParamValue::Dense(w) => {
+            (ParamValue::Dense(w), _) => {
                 let mut dw = pass.alloc(w.nrows(), w.ncols());
                 gemm(1.0, dy.view(), self.cols.t(), 0.0, dw.view_mut());
                 ParamGrad::Dense(dw)
             }
+            (ParamValue::Sparse(_), None) => unreachable!("a sparse weight has a product"),
         };
         let dx = pass.needs_grad(self.input).then(|| {
             let (patch, columns) = self.cols.dim();
             let mut dcols = pass.alloc(patch, columns);
-            match pass.param(self.weight) {
-                ParamValue::Sparse(w) => spmm_transposed(w, dy.view(), dcols.view_mut()),
-                ParamValue::Dense(w) => gemm(1.0, w.t(), dy.view(), 0.0, dcols.view_mut()),
+            match (pass.param(self.weight), &self.product) {
+                (ParamValue::Sparse(w), Some(product)) => {
+                    product.input_grad(w, dy.view(), dcols.view_mut())
+                }
+                (ParamValue::Dense(w), _) => gemm(1.0, w.t(), dy.view(), 0.0, dcols.view_mut()),
+                (ParamValue::Sparse(_), None) => unreachable!("a sparse weight has a product"),
             }
             let (rows, cols) = pass.value(self.input).dim();
             let mut dx = pass.alloc(rows, cols);
@@ -150,8 +167,12 @@ impl Conv2d {
         }
     }
 
-    /// Returns the im2col buffer to the pool.
+    /// Returns the im2col buffer, the row flags (and a dense weight copy) to the pool.
     pub(crate) fn release(self, workspace: &mut Workspace) {
         workspace.give(self.cols);
+        workspace.give_flags(self.needed);
+        if let Some(product) = self.product {
+            product.release(workspace);
+        }
     }
 }

@@ -6,17 +6,21 @@
 use ndarray::Array2;
 
 use super::elementwise::{slice, slice_mut};
+use super::sparse_product::SparseProduct;
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
+use super::workspace::Workspace;
 use crate::dense::{gemm, sum};
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
-use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
+use crate::sparse::SparseMatrix;
 
 /// `Y = W·X` for a sparse `W`.
 #[derive(Debug)]
 pub(crate) struct SparseMatmul {
     weight: ParamId,
     input: Var,
+    /// Sparse kernels, or dense ones for a weight above the threshold.
+    product: SparseProduct,
 }
 
 /// `Y = W·X` for a dense `W`.
@@ -49,14 +53,20 @@ impl Tape<'_> {
                 ),
             ));
         }
-        let mut y = self.alloc(rows, x.ncols());
-        let x = self.value(input);
+        let batch = x.ncols();
+        let mut y = self.alloc(rows, batch);
         let op = match &self.params().get(weight).value {
             ParamValue::Sparse(w) => {
-                spmm(w, x.view(), y.view_mut());
-                Op::SparseMatmul(SparseMatmul { weight, input })
+                let product = self.sparse_product(w, batch);
+                product.forward(w, self.value(input).view(), y.view_mut());
+                Op::SparseMatmul(SparseMatmul {
+                    weight,
+                    input,
+                    product,
+                })
             }
             ParamValue::Dense(w) => {
+                let x = self.value(input);
                 gemm(1.0, w.view(), x.view(), 0.0, y.view_mut());
                 Op::DenseMatmul(DenseMatmul { weight, input })
             }
@@ -106,15 +116,13 @@ impl Tape<'_> {
 impl SparseMatmul {
     /// `dW = dY·Xᵀ` at the stored entries (SDDMM), `dX = Wᵀ·dY`.
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
+        let (w, x) = (self.weights(pass), pass.value(self.input));
         let dx = pass.needs_grad(self.input).then(|| {
-            let (rows, cols) = pass.value(self.input).dim();
-            let mut dx = pass.alloc(rows, cols);
-            spmm_transposed(self.weights(pass), dy.view(), dx.view_mut());
+            let mut dx = pass.alloc(x.nrows(), x.ncols());
+            self.product.input_grad(w, dy.view(), dx.view_mut());
             dx
         });
-        let mut dw = pass.alloc_vec(self.weights(pass).nnz());
-        let (w, x) = (self.weights(pass), pass.value(self.input));
-        sddmm(w, dy.view(), x.view(), &mut dw);
+        let dw = self.product.weight_grad(w, dy.view(), x.view(), pass);
         let input = pass.wants_factors(self.weight).then(|| x.clone());
         pass.accumulate_param(self.weight, ParamGrad::Sparse(dw));
         if let Some(dx) = dx {
@@ -132,13 +140,18 @@ impl SparseMatmul {
         }
     }
 
-    fn weights<'a>(&self, pass: &'a BackwardPass) -> &'a SparseMatrix {
+    fn weights<'p>(&self, pass: &BackwardPass<'_, 'p>) -> &'p SparseMatrix {
         match pass.param(self.weight) {
             ParamValue::Sparse(w) => w,
             ParamValue::Dense(_) => {
                 unreachable!("SparseMatmul is only recorded for sparse weights")
             }
         }
+    }
+
+    /// Returns the dense copy of the weight, if the product made one.
+    pub(crate) fn release(self, workspace: &mut Workspace) {
+        self.product.release(workspace);
     }
 }
 

@@ -3,15 +3,17 @@
 use ndarray::Array2;
 
 use super::tape::{BackwardPass, Op, Tape, Var};
+use super::workspace::Workspace;
 use crate::error::{Error, Result};
 
 /// Mean over the batch of `−log softmax(logits)[label]`.
 #[derive(Debug)]
 pub(crate) struct SoftmaxCrossEntropy {
     logits: Var,
-    /// `softmax(logits)`, `classes × batch`, kept for the backward pass.
-    probabilities: Array2<f32>,
-    labels: Vec<usize>,
+    /// The gradient per unit of upstream gradient,
+    /// `(softmax(logits) − onehot(labels)) / batch`, `classes × batch`:
+    /// computed in the forward pass, where the probabilities are at hand.
+    unit_grad: Array2<f32>,
 }
 
 impl Tape<'_> {
@@ -37,42 +39,48 @@ impl Tape<'_> {
                 format!("label {bad} but only {classes} classes"),
             ));
         }
-        let rows: Vec<&[f32]> = z
+        // Scratch from the pool: the column maxima, then the sums of exps.
+        let mut max = self.workspace().vec(batch);
+        let mut sums = self.workspace().vec(batch);
+        let mut unit_grad = self.alloc(classes, batch);
+        let z = self
+            .value(logits)
             .as_slice()
-            .expect("tape values are contiguous")
-            .chunks_exact(batch)
-            .collect();
-        let mut max = vec![f32::NEG_INFINITY; batch];
-        for row in &rows {
-            for (m, &v) in max.iter_mut().zip(*row) {
+            .expect("tape values are contiguous");
+        let row = |c: usize| &z[c * batch..(c + 1) * batch];
+        max.fill(f32::NEG_INFINITY);
+        for c in 0..classes {
+            for (m, &v) in max.iter_mut().zip(row(c)) {
                 *m = m.max(v);
             }
         }
-        let mut exps = Vec::with_capacity(classes * batch);
-        let mut sums = vec![0.0f32; batch];
-        for row in &rows {
-            for ((s, &v), &m) in sums.iter_mut().zip(*row).zip(&max) {
-                let e = (v - m).exp();
-                exps.push(e);
-                *s += e;
+        sums.fill(0.0);
+        let exps = unit_grad.as_slice_mut().expect("contiguous");
+        for (c, exps) in exps.chunks_exact_mut(batch).enumerate() {
+            for (((e, s), &v), &m) in exps.iter_mut().zip(sums.iter_mut()).zip(row(c)).zip(&max) {
+                *e = (v - m).exp();
+                *s += *e;
             }
         }
         let mut total = 0.0f64;
         for (j, &label) in labels.iter().enumerate() {
-            total += sums[j].ln() as f64 - (rows[label][j] - max[j]) as f64;
+            total += sums[j].ln() as f64 - (row(label)[j] - max[j]) as f64;
         }
-        for (e, s) in exps.iter_mut().zip(sums.iter().cycle()) {
-            *e /= s;
+        // softmax − onehot, over the batch.
+        let per_sample = 1.0 / batch as f32;
+        for exps in exps.chunks_exact_mut(batch) {
+            for (e, s) in exps.iter_mut().zip(&sums) {
+                *e = *e / s * per_sample;
+            }
         }
-        let probabilities =
-            Array2::from_shape_vec((classes, batch), exps).expect("classes · batch values");
+        for (j, &label) in labels.iter().enumerate() {
+            unit_grad[(label, j)] -= per_sample;
+        }
+        self.workspace().give_vec(max);
+        self.workspace().give_vec(sums);
         let mut loss = self.alloc(1, 1);
         loss[(0, 0)] = (total / batch as f64) as f32;
-        let op = SoftmaxCrossEntropy {
-            logits,
-            probabilities,
-            labels: labels.to_vec(),
-        };
+        let op = SoftmaxCrossEntropy { logits, unit_grad };
         Ok(self.push_op(loss, Op::SoftmaxCrossEntropy(op), &[logits], false))
     }
 }
@@ -80,15 +88,16 @@ impl Tape<'_> {
 impl SoftmaxCrossEntropy {
     /// `d loss / d z = (softmax(z) − onehot(label)) / batch`, times the upstream scalar.
     pub(crate) fn backward(&self, upstream: Array2<f32>, pass: &mut BackwardPass) {
-        let batch = self.labels.len();
-        let scale = upstream[(0, 0)] / batch as f32;
+        let scale = upstream[(0, 0)];
         pass.recycle(upstream);
-        let (classes, batch) = self.probabilities.dim();
+        let (classes, batch) = self.unit_grad.dim();
         let mut dz = pass.alloc(classes, batch);
-        dz.zip_mut_with(&self.probabilities, |d, &p| *d = p * scale);
-        for (j, &label) in self.labels.iter().enumerate() {
-            dz[(label, j)] -= scale;
-        }
+        dz.zip_mut_with(&self.unit_grad, |d, &g| *d = g * scale);
         pass.accumulate(self.logits, dz);
+    }
+
+    /// Returns the kept gradient to the pool.
+    pub(crate) fn release(self, workspace: &mut Workspace) {
+        workspace.give(self.unit_grad);
     }
 }

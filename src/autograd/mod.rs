@@ -13,6 +13,8 @@
 //! | `loss.rs` | [`Tape::softmax_cross_entropy`] |
 //!
 //! Big scratch buffers (im2col) come from a [`Workspace`] that outlives the tape.
+//! `sparse_product.rs` decides whether a sparse weight runs the sparse kernels
+//! or, above a density threshold, dense ones.
 
 mod conv;
 mod elementwise;
@@ -20,9 +22,11 @@ mod linear;
 mod loss;
 mod norm;
 mod pool;
+mod sparse_product;
 mod tape;
 mod workspace;
 
 pub use norm::{BatchNormParams, EPSILON, RUNNING_MOMENTUM};
+pub use sparse_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels};
 pub use tape::{GradientFactors, Gradients, ParamGrad, Tape, Var};
 pub use workspace::Workspace;

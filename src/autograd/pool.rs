@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::elementwise::{slice, slice_mut};
 use super::tape::{BackwardPass, Op, Tape, Var};
+use super::workspace::Workspace;
 use crate::conv::ImageShape;
 use crate::error::{Error, Result};
 
@@ -12,7 +13,8 @@ use crate::error::{Error, Result};
 #[derive(Debug)]
 pub(crate) struct MaxPool2d {
     input: Var,
-    /// For every output value, where its maximum sits in the input's row.
+    /// For every output value, where its maximum sits in the input's row
+    /// (from the workspace).
     argmax: Vec<u32>,
     input_dim: (usize, usize),
 }
@@ -47,8 +49,8 @@ impl Tape<'_> {
         let (out_h, out_w) = pooled_size(shape, size, stride)?;
         let (plane, out_plane) = (shape.plane(), out_h * out_w);
         let mut y = self.alloc(shape.channels, batch * out_plane);
+        let mut argmax = self.workspace().indices(shape.channels * batch * out_plane);
         let x = self.value(input);
-        let mut argmax = vec![0u32; shape.channels * batch * out_plane];
         let rows = slice(x).par_chunks(batch * plane);
         let outputs = y
             .as_slice_mut()
@@ -190,6 +192,11 @@ impl MaxPool2d {
             });
         pass.accumulate(self.input, dx);
         pass.recycle(dy);
+    }
+
+    /// Returns the argmax buffer to the pool.
+    pub(crate) fn release(self, workspace: &mut Workspace) {
+        workspace.give_indices(self.argmax);
     }
 }
 

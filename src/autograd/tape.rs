@@ -23,9 +23,11 @@ use super::linear::{AddBias, DenseMatmul, SparseMatmul};
 use super::loss::SoftmaxCrossEntropy;
 use super::norm::BatchNorm;
 use super::pool::{Flatten, GlobalAvgPool, MaxPool2d};
+use super::sparse_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels, SparseProduct};
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamStore, ParamValue};
+use crate::sparse::SparseMatrix;
 
 /// A value on the tape (an index into its nodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,7 +53,7 @@ pub(crate) enum Op {
 }
 
 #[derive(Debug)]
-struct Node {
+pub(crate) struct Node {
     value: Array2<f32>,
     op: Op,
     /// False for data and everything computed from data alone: no gradient
@@ -69,6 +71,7 @@ pub struct Tape<'p> {
     training: bool,
     rng: Option<ChaCha8Rng>,
     state_updates: Vec<(ParamId, Array2<f32>)>,
+    dense_kernels: Option<DenseKernels>,
 }
 
 /// The gradient of one parameter, aligned with [`ParamValue::values`].
@@ -136,17 +139,20 @@ impl Gradients {
         self.factors.get(id.0).map_or(&[], Vec::as_slice)
     }
 
-    /// Gives every gradient buffer back to `workspace`, for the next step.
-    pub fn recycle(self, workspace: &mut Workspace) {
-        for grad in self.params.into_iter().flatten() {
+    /// Gives every gradient buffer, and the lists that held them, back to
+    /// `workspace`, for the next step.
+    pub fn recycle(mut self, workspace: &mut Workspace) {
+        for grad in self.params.drain(..).flatten() {
             match grad {
                 ParamGrad::Dense(array) => workspace.give(array),
                 ParamGrad::Sparse(values) => workspace.give_vec(values),
             }
         }
-        for input in self.inputs.into_iter().flatten() {
+        for input in self.inputs.drain(..).flatten() {
             workspace.give(input);
         }
+        self.factors.clear();
+        workspace.lists.gradients = self;
     }
 
     /// Moves the dense-gradient factors of `id` out (no copy).
@@ -166,16 +172,24 @@ impl<'p> Tape<'p> {
 
     /// An empty tape that takes its scratch buffers from `workspace`; get it
     /// back with [`Tape::into_workspace`].
-    pub fn with_workspace(params: &'p ParamStore, workspace: Workspace) -> Self {
+    pub fn with_workspace(params: &'p ParamStore, mut workspace: Workspace) -> Self {
         Tape {
             params,
-            nodes: Vec::new(),
+            nodes: std::mem::take(&mut workspace.lists.nodes),
             keep_factors: Vec::new(),
             workspace,
             training: true,
             rng: None,
             state_updates: Vec::new(),
+            dense_kernels: Some(DenseKernels::above(DEFAULT_DENSE_KERNELS_ABOVE)),
         }
+    }
+
+    /// When sparse weights compute with dense kernels on a scratch copy
+    /// (default: [`DenseKernels::above`] [`DEFAULT_DENSE_KERNELS_ABOVE`]);
+    /// `None` always runs the sparse kernels.
+    pub fn set_dense_kernels(&mut self, policy: Option<DenseKernels>) {
+        self.dense_kernels = policy;
     }
 
     /// Training mode (the default) or evaluation mode: batch normalisation
@@ -196,15 +210,20 @@ impl<'p> Tape<'p> {
 
     /// Ends the tape, returning every value and scratch buffer to the pool.
     pub fn into_workspace(mut self) -> Workspace {
-        for node in std::mem::take(&mut self.nodes) {
+        let mut nodes = std::mem::take(&mut self.nodes);
+        for node in nodes.drain(..) {
             self.workspace.give(node.value);
             match node.op {
+                Op::SparseMatmul(op) => op.release(&mut self.workspace),
+                Op::SoftmaxCrossEntropy(op) => op.release(&mut self.workspace),
+                Op::MaxPool2d(op) => op.release(&mut self.workspace),
                 Op::Conv2d(op) => op.release(&mut self.workspace),
                 Op::BatchNorm(op) => op.release(&mut self.workspace),
                 Op::Dropout(op) => op.release(&mut self.workspace),
                 _ => {}
             }
         }
+        self.workspace.lists.nodes = nodes;
         self.workspace
     }
 
@@ -223,6 +242,17 @@ impl<'p> Tape<'p> {
     /// must write every value it (or a later op) reads.
     pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
         self.workspace.array(rows, cols)
+    }
+
+    /// The kernels for one use of sparse weight `w` on an operand of
+    /// `columns` columns, per the dense-kernel policy.
+    pub(crate) fn sparse_product(&mut self, w: &SparseMatrix, columns: usize) -> SparseProduct {
+        SparseProduct::choose(w, columns, self.dense_kernels, &mut self.workspace)
+    }
+
+    /// The pool of scratch buffers, for ops that need more than arrays.
+    pub(crate) fn workspace(&mut self) -> &mut Workspace {
+        &mut self.workspace
     }
 
     /// The dropout random numbers; an error if none were given.
@@ -332,17 +362,20 @@ impl<'p> Tape<'p> {
                 ),
             ));
         }
+        let (nodes, params) = (self.nodes.len(), self.params.len());
+        let mut node_grads = std::mem::take(&mut self.workspace.lists.node_grads);
+        node_grads.resize_with(nodes, || None);
+        let mut grads = std::mem::take(&mut self.workspace.lists.gradients);
+        grads.params.resize_with(params, || None);
+        grads.inputs.resize_with(nodes, || None);
+        grads.factors.resize_with(params, Vec::new);
         let mut pass = BackwardPass {
             nodes: &self.nodes,
             params: self.params,
             keep_factors: &self.keep_factors,
             workspace: &mut self.workspace,
-            node_grads: (0..self.nodes.len()).map(|_| None).collect(),
-            grads: Gradients {
-                params: vec![None; self.params.len()],
-                inputs: (0..self.nodes.len()).map(|_| None).collect(),
-                factors: vec![Vec::new(); self.params.len()],
-            },
+            node_grads,
+            grads,
         };
         pass.node_grads[output.0] = Some(seed);
         for (i, node) in self.nodes.iter().enumerate().take(output.0 + 1).rev() {
@@ -367,6 +400,11 @@ impl<'p> Tape<'p> {
                 Op::Dropout(op) => op.backward(grad, &mut pass),
             }
         }
+        // Gradients of nodes after `output` were never read.
+        for grad in pass.node_grads.drain(..).flatten() {
+            pass.workspace.give(grad);
+        }
+        pass.workspace.lists.node_grads = pass.node_grads;
         Ok(pass.grads)
     }
 }

@@ -3,35 +3,56 @@
 
 use ndarray::Array2;
 
-/// A pool of `f32` buffers. An op takes one of at least the length it needs,
-/// uses it, and it comes back to the pool when the tape ends
-/// ([`crate::autograd::Tape::into_workspace`]). A trainer keeps one pool for
-/// the whole run, so at steady state no step allocates its im2col buffers.
+use super::tape::{Gradients, Node};
+
+/// Pools of buffers. An op takes one of at least the length it needs, uses
+/// it, and it comes back to the pool when the tape ends
+/// ([`crate::autograd::Tape::into_workspace`]). A trainer keeps one workspace
+/// for the whole run, so at steady state a step allocates nothing: values
+/// (activations, gradients, im2col matrices), indices (max pooling's argmax),
+/// flags (the im2col rows a sparse convolution reads) and the tape's own lists
+/// all come back from the last step.
 #[derive(Debug, Default)]
 pub struct Workspace {
-    free: Vec<Vec<f32>>,
+    values: Pool<f32>,
+    indices: Pool<u32>,
+    flags: Pool<bool>,
+    /// Fill every value buffer handed out with NaN (see [`Workspace::poisoned`]).
+    poison: bool,
+    /// The bookkeeping lists of a tape and its backward pass, empty, kept
+    /// for their capacity.
+    pub(crate) lists: TapeLists,
 }
 
-/// The most buffers the pool keeps. A step takes a few dozen; the bound
+/// See [`Workspace::lists`].
+#[derive(Debug, Default)]
+pub(crate) struct TapeLists {
+    pub(crate) nodes: Vec<Node>,
+    pub(crate) node_grads: Vec<Option<Array2<f32>>>,
+    pub(crate) gradients: Gradients,
+}
+
+/// The most buffers a pool keeps. A step takes a few dozen; the bound
 /// only stops a caller that gives back more than it takes (arrays made
 /// elsewhere) from growing the pool, and every lookup, without limit.
 const MAX_BUFFERS: usize = 256;
 
-impl Workspace {
-    /// An empty pool.
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// Free buffers of one element type.
+#[derive(Debug)]
+struct Pool<T> {
+    free: Vec<Vec<T>>,
+}
 
-    /// A `rows × cols` array whose values are unspecified (left over from an
-    /// earlier use): the caller must write every value it reads.
-    pub fn array(&mut self, rows: usize, cols: usize) -> Array2<f32> {
-        Array2::from_shape_vec((rows, cols), self.vec(rows * cols)).expect("rows · cols values")
+impl<T> Default for Pool<T> {
+    fn default() -> Self {
+        Pool { free: Vec::new() }
     }
+}
 
-    /// A vector of `len` unspecified values, like [`Workspace::array`].
-    pub fn vec(&mut self, len: usize) -> Vec<f32> {
-        // The smallest free buffer that is big enough, else a new one.
+impl<T: Copy + Default> Pool<T> {
+    /// A buffer of `len` unspecified values: the smallest free one that is
+    /// big enough, else a new one.
+    fn take(&mut self, len: usize) -> Vec<T> {
         let best = self
             .free
             .iter()
@@ -43,7 +64,47 @@ impl Workspace {
             Some(i) => self.free.swap_remove(i),
             None => Vec::with_capacity(len),
         };
-        buffer.resize(len, 0.0);
+        buffer.resize(len, T::default());
+        buffer
+    }
+
+    /// Keeps `buffer` for reuse (drops it if the pool is full).
+    fn give(&mut self, buffer: Vec<T>) {
+        if buffer.capacity() > 0 && self.free.len() < MAX_BUFFERS {
+            self.free.push(buffer);
+        }
+    }
+}
+
+impl Workspace {
+    /// An empty workspace.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A workspace that fills every value buffer it hands out with NaN, for
+    /// tests: an op that reads a value it did not write (the contents of a
+    /// pooled buffer are left over from its last use) then produces NaN
+    /// instead of a silently wrong result.
+    pub fn poisoned() -> Self {
+        Workspace {
+            poison: true,
+            ..Self::default()
+        }
+    }
+
+    /// A `rows × cols` array whose values are unspecified (left over from an
+    /// earlier use): the caller must write every value it reads.
+    pub fn array(&mut self, rows: usize, cols: usize) -> Array2<f32> {
+        Array2::from_shape_vec((rows, cols), self.vec(rows * cols)).expect("rows · cols values")
+    }
+
+    /// A vector of `len` unspecified values, like [`Workspace::array`].
+    pub fn vec(&mut self, len: usize) -> Vec<f32> {
+        let mut buffer = self.values.take(len);
+        if self.poison {
+            buffer.fill(f32::NAN);
+        }
         buffer
     }
 
@@ -54,19 +115,37 @@ impl Workspace {
 
     /// Returns a vector's buffer to the pool (it is dropped if the pool is full).
     pub fn give_vec(&mut self, buffer: Vec<f32>) {
-        if buffer.capacity() > 0 && self.free.len() < MAX_BUFFERS {
-            self.free.push(buffer);
-        }
+        self.values.give(buffer);
     }
 
-    /// Buffers waiting in the pool.
+    /// `len` unspecified indices.
+    pub(crate) fn indices(&mut self, len: usize) -> Vec<u32> {
+        self.indices.take(len)
+    }
+
+    /// Returns an index buffer.
+    pub(crate) fn give_indices(&mut self, buffer: Vec<u32>) {
+        self.indices.give(buffer);
+    }
+
+    /// `len` unspecified flags.
+    pub(crate) fn flags(&mut self, len: usize) -> Vec<bool> {
+        self.flags.take(len)
+    }
+
+    /// Returns a flag buffer.
+    pub(crate) fn give_flags(&mut self, buffer: Vec<bool>) {
+        self.flags.give(buffer);
+    }
+
+    /// Value buffers waiting in the pool.
     pub fn len(&self) -> usize {
-        self.free.len()
+        self.values.free.len()
     }
 
-    /// True if the pool holds no buffer.
+    /// True if the pool holds no value buffer.
     pub fn is_empty(&self) -> bool {
-        self.free.is_empty()
+        self.values.free.is_empty()
     }
 }
 

@@ -13,7 +13,7 @@
 //! new value came from so that per-value state (optimizer momentum) can be
 //! carried over with [`ValueOrigins::remap`].
 
-use ndarray::{Array2, ArrayView2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 use sprs::CsMat;
 
@@ -171,16 +171,48 @@ impl SparseMatrix {
         SparseMatrix { csr, transpose }
     }
 
-    /// The dense equivalent, for tests and inspection. Training never calls it.
+    /// The dense equivalent, for tests and inspection. Training never calls
+    /// it (the dense-kernel path fills a reused buffer with [`Self::scatter_into`]).
     pub fn to_dense(&self) -> Array2<f32> {
         let mut dense = Array2::zeros(self.shape());
-        for r in 0..self.rows() {
+        self.scatter_into(dense.view_mut());
+        dense
+    }
+
+    /// Writes the matrix into `out`: the stored values at their positions,
+    /// zero everywhere else.
+    ///
+    /// # Panics
+    /// If `out` is not `rows × cols`.
+    pub fn scatter_into(&self, mut out: ArrayViewMut2<f32>) {
+        assert_eq!(out.dim(), self.shape(), "scatter_into: wrong shape");
+        out.fill(0.0);
+        for (r, mut out_row) in out.rows_mut().into_iter().enumerate() {
             let (cols, vals) = self.row(r);
             for (&c, &v) in cols.iter().zip(vals) {
-                dense[(r, c)] = v;
+                out_row[c] = v;
             }
         }
-        dense
+    }
+
+    /// The entries of `dense` at the stored positions, aligned with
+    /// [`Self::values`]: the inverse of [`Self::scatter_into`] on the structure.
+    ///
+    /// # Panics
+    /// If `dense` is not `rows × cols` or `out` does not hold `nnz` values.
+    pub fn gather_from(&self, dense: ArrayView2<f32>, out: &mut [f32]) {
+        assert_eq!(dense.dim(), self.shape(), "gather_from: wrong shape");
+        assert_eq!(out.len(), self.nnz(), "gather_from: one value per entry");
+        let indptr = self.indptr();
+        for (r, dense_row) in dense.rows().into_iter().enumerate() {
+            let (first, last) = (indptr[r], indptr[r + 1]);
+            for (o, &c) in out[first..last]
+                .iter_mut()
+                .zip(&self.indices()[first..last])
+            {
+                *o = dense_row[c];
+            }
+        }
     }
 
     /// Number of rows (output features of a layer).
@@ -269,6 +301,11 @@ impl SparseMatrix {
             inputs: self.cols() / group,
             unread_inputs,
         }
+    }
+
+    /// The number of stored entries in column `c` (how many outputs read input `c`).
+    pub fn column_count(&self, c: usize) -> usize {
+        self.transpose.col_ptr[c + 1] - self.transpose.col_ptr[c]
     }
 
     /// The number of stored entries in each column (how many outputs read each input).

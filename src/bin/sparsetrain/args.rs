@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
+use sparsetrain::autograd::DEFAULT_DENSE_KERNELS_ABOVE;
 use sparsetrain::nn::{Architecture, WeightInit};
 use sparsetrain::sparsity::{
     Distribution, GrowthChoice, MaskUpdates, Method, MomentumWindow, PruneChoice,
@@ -131,6 +132,11 @@ pub struct TrainArgs {
     /// Train on the first N training samples only (quick runs).
     #[arg(long, value_name = "N")]
     pub train_samples: Option<usize>,
+    /// A sparse layer denser than this computes with dense kernels (faster
+    /// above the cross-over that `bench kernels` prints; the weights stay
+    /// CSR), or `never`.
+    #[arg(long, value_name = "DENSITY|never", default_value_t = DenseKernelsAbove::default())]
+    pub dense_kernels_above: DenseKernelsAbove,
     /// Print every layer's counts at each mask update.
     #[arg(long)]
     pub verbose: bool,
@@ -154,6 +160,7 @@ impl TrainArgs {
             train_samples: self.train_samples,
             init: self.init,
             threads: self.common.threads,
+            dense_kernels_above: self.dense_kernels_above.0,
             sparse,
             ..TrainConfig::default()
         };
@@ -349,6 +356,10 @@ impl TrainArgs {
         set("seed", (self.seed as i64).into());
         set("init", self.init.to_string().into());
         set("validation-fraction", self.validation_fraction.into());
+        set(
+            "dense-kernels-above",
+            self.dense_kernels_above.to_string().into(),
+        );
         if let Some(n) = self.train_samples {
             set("train-samples", (n as i64).into());
         }
@@ -384,6 +395,39 @@ impl TrainArgs {
 
 fn invalid(setting: &str, value: &str, expected: &str) -> CliError {
     format!("invalid setting `{setting}`: `{value}` is not {expected}").into()
+}
+
+/// `--dense-kernels-above`: a density, or `never` (`None`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DenseKernelsAbove(pub Option<f64>);
+
+impl Default for DenseKernelsAbove {
+    fn default() -> Self {
+        DenseKernelsAbove(Some(DEFAULT_DENSE_KERNELS_ABOVE))
+    }
+}
+
+impl std::str::FromStr for DenseKernelsAbove {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "never" {
+            return Ok(DenseKernelsAbove(None));
+        }
+        match text.parse::<f64>() {
+            Ok(density) if (0.0..=1.0).contains(&density) => Ok(DenseKernelsAbove(Some(density))),
+            _ => Err(format!("`{text}` is not a density in [0, 1] or `never`")),
+        }
+    }
+}
+
+impl std::fmt::Display for DenseKernelsAbove {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(density) => write!(f, "{density}"),
+            None => f.write_str("never"),
+        }
+    }
 }
 
 /// Parses `NAME=DENSITY`.
@@ -464,6 +508,9 @@ pub struct TrainBenchArgs {
     /// Train on the first N training samples only (shorter epochs).
     #[arg(long, value_name = "N")]
     pub train_samples: Option<usize>,
+    /// As for `train`: sparse layers denser than this use dense kernels, or `never`.
+    #[arg(long, value_name = "DENSITY|never", default_value_t = DenseKernelsAbove::default())]
+    pub dense_kernels_above: DenseKernelsAbove,
 }
 
 fn parse_positive(text: &str) -> Result<usize, String> {

@@ -236,6 +236,7 @@ fn bench_train(args: TrainBenchArgs) -> CliResult {
             batch_size: args.batch_size,
             threads: args.common.threads,
             train_samples: args.train_samples,
+            dense_kernels_above: args.dense_kernels_above.0,
             ..TrainConfig::default()
         };
         let samples = args.train_samples.unwrap_or_else(|| {

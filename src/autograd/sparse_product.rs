@@ -1,0 +1,140 @@
+//! How a sparse weight is multiplied: with the sparse kernels, or, above a
+//! density threshold, with sgemm on a dense scratch copy of its values.
+//!
+//! The sparse kernels cost `O(nnz · batch)`, but each stored weight streams a
+//! batch row from cache for two FLOPs per value, while sgemm reuses its
+//! operands from registers and runs several times faster per FLOP. Above the
+//! *cross-over* density (`sparsetrain bench kernels` prints it per shape and
+//! kernel: 20–45 % on this project's machine) the dense product of the same
+//! shape wins. Sparse momentum can push a layer there: it moves weights to
+//! the layers whose momentum is largest, and LeNet-5's first convolution ends
+//! up fully dense.
+//!
+//! Such a layer stays sparse in every other respect: its CSR structure,
+//! optimizer state, mask updates and checkpoint are unchanged. Only the
+//! product is dense: the tape scatters the CSR values into a workspace buffer
+//! (zeros elsewhere) for the forward pass, reuses it for `Wᵀ·dY`, computes the
+//! weight gradient as the full `dY·Xᵀ` and keeps only the stored entries.
+//! Small products keep the sparse kernels ([`DenseKernels::min_work`]). The choice depends on the shapes and the density alone, so
+//! training stays deterministic; both paths compute the same products, with
+//! rounding that differs in the last bits.
+
+use ndarray::{Array2, ArrayView2, ArrayViewMut2};
+
+use super::tape::BackwardPass;
+use super::workspace::Workspace;
+use crate::dense::gemm;
+use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
+
+/// The density above which a sparse layer computes with dense kernels unless
+/// told otherwise: below the lowest cross-over measured for the forward and
+/// input-gradient products of LeNet shapes at batch 64–100 (32–50 %), above
+/// the 20 % where a 4096-wide input gradient already loses (there the
+/// sparse path is still within 1.5× of dense).
+pub const DEFAULT_DENSE_KERNELS_ABOVE: f64 = 0.3;
+
+/// When a sparse weight computes with dense kernels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DenseKernels {
+    /// The weight's density must exceed this.
+    pub above_density: f64,
+    /// The product must have at least this many multiply-adds at full
+    /// density: below, an sgemm call's fixed cost (packing both operands)
+    /// outweighs its speed.
+    pub min_work: usize,
+}
+
+impl DenseKernels {
+    /// Above `density`, for products of at least 2²² multiply-adds. Measured:
+    /// LeNet-300-100's fully dense 10 × 100 output layer (10⁵ multiply-adds per
+    /// batch of 100) takes 2–4 µs per product with the sparse kernels and
+    /// 3–7 µs with sgemm; its epochs ran 5–10 % slower on the dense path.
+    pub fn above(density: f64) -> Self {
+        DenseKernels {
+            above_density: density,
+            min_work: 1 << 22,
+        }
+    }
+
+    /// Always, whatever the density and size (tests and studies).
+    pub const fn always() -> Self {
+        DenseKernels {
+            above_density: 0.0,
+            min_work: 0,
+        }
+    }
+}
+
+/// The kernels one use of a sparse weight runs with.
+#[derive(Debug)]
+pub(crate) enum SparseProduct {
+    /// [`spmm`], [`spmm_transposed`] and [`sddmm`] on the CSR values.
+    Kernels,
+    /// sgemm with this dense copy of the weight (from the workspace).
+    Dense(Array2<f32>),
+}
+
+impl SparseProduct {
+    /// Dense kernels if `policy` says so for `w` and an operand of
+    /// `columns` columns, else the sparse ones.
+    pub(crate) fn choose(
+        w: &SparseMatrix,
+        columns: usize,
+        policy: Option<DenseKernels>,
+        workspace: &mut Workspace,
+    ) -> Self {
+        let dense_work = w.rows() * w.cols() * columns;
+        match policy {
+            Some(policy) if w.density() > policy.above_density && dense_work >= policy.min_work => {
+                let mut dense = workspace.array(w.rows(), w.cols());
+                w.scatter_into(dense.view_mut());
+                SparseProduct::Dense(dense)
+            }
+            _ => SparseProduct::Kernels,
+        }
+    }
+
+    /// `y = w · x` (overwrites `y`).
+    pub(crate) fn forward(&self, w: &SparseMatrix, x: ArrayView2<f32>, y: ArrayViewMut2<f32>) {
+        match self {
+            SparseProduct::Kernels => spmm(w, x, y),
+            SparseProduct::Dense(dense) => gemm(1.0, dense.view(), x, 0.0, y),
+        }
+    }
+
+    /// `dx = wᵀ · dy` (overwrites `dx`).
+    pub(crate) fn input_grad(&self, w: &SparseMatrix, dy: ArrayView2<f32>, dx: ArrayViewMut2<f32>) {
+        match self {
+            SparseProduct::Kernels => spmm_transposed(w, dy, dx),
+            SparseProduct::Dense(dense) => gemm(1.0, dense.t(), dy, 0.0, dx),
+        }
+    }
+
+    /// `(dy · xᵀ)` at the stored entries of `w`, aligned with its values.
+    pub(crate) fn weight_grad(
+        &self,
+        w: &SparseMatrix,
+        dy: ArrayView2<f32>,
+        x: ArrayView2<f32>,
+        pass: &mut BackwardPass,
+    ) -> Vec<f32> {
+        let mut grad = pass.alloc_vec(w.nnz());
+        match self {
+            SparseProduct::Kernels => sddmm(w, dy, x, &mut grad),
+            SparseProduct::Dense(_) => {
+                let mut full = pass.alloc(w.rows(), w.cols());
+                gemm(1.0, dy, x.t(), 0.0, full.view_mut());
+                w.gather_from(full.view(), &mut grad);
+                pass.recycle(full);
+            }
+        }
+        grad
+    }
+
+    /// Returns the dense copy, if any, to the pool.
+    pub(crate) fn release(self, workspace: &mut Workspace) {
+        if let SparseProduct::Dense(dense) = self {
+            workspace.give(dense);
+        }
+    }
+}
