@@ -142,10 +142,24 @@ impl GrowthRule for RandomGrowth {
 
 /// The `capacity` best-scoring positions seen so far (highest score first,
 /// ties to the lower position), in bounded memory: when the pool holds twice
-/// what is needed it is cut back with a selection, not a sort.
+/// what is needed it is cut back with a selection, not a sort. After a cut,
+/// the worst candidate kept is a bar: `capacity` candidates beat it, so an
+/// offer that does not is dropped at once (most offers, once the pool has
+/// seen a representative sample).
 struct BestCandidates {
     capacity: usize,
     pool: Vec<(f32, usize, usize)>,
+    bar: Option<(f32, usize, usize)>,
+}
+
+/// The candidates' ranking: higher score first, then lower position.
+fn rank_order(a: &(f32, usize, usize), b: &(f32, usize, usize)) -> std::cmp::Ordering {
+    b.0.total_cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2)))
+}
+
+/// Whether candidate `a` ranks before `b`.
+fn ranks_before(a: &(f32, usize, usize), b: &(f32, usize, usize)) -> bool {
+    rank_order(a, b).is_lt()
 }
 
 impl BestCandidates {
@@ -153,14 +167,16 @@ impl BestCandidates {
         BestCandidates {
             capacity,
             pool: Vec::with_capacity(2 * capacity + 1),
+            bar: None,
         }
     }
 
     fn offer(&mut self, score: f32, row: usize, col: usize) {
-        if self.capacity == 0 {
+        let candidate = (score, row, col);
+        if self.capacity == 0 || self.bar.is_some_and(|bar| !ranks_before(&candidate, &bar)) {
             return;
         }
-        self.pool.push((score, row, col));
+        self.pool.push(candidate);
         if self.pool.len() >= 2 * self.capacity.max(1024) {
             self.keep_best();
         }
@@ -169,12 +185,16 @@ impl BestCandidates {
     fn keep_best(&mut self) {
         let pool = &self.pool;
         let keep = smallest_by(pool.len(), self.capacity, |a, b| {
-            pool[b]
-                .0
-                .total_cmp(&pool[a].0)
-                .then((pool[a].1, pool[a].2).cmp(&(pool[b].1, pool[b].2)))
+            rank_order(&pool[a], &pool[b])
         });
         self.pool = keep.into_iter().map(|i| self.pool[i]).collect();
+        if self.pool.len() == self.capacity {
+            self.bar = self
+                .pool
+                .iter()
+                .copied()
+                .reduce(|worst, c| if ranks_before(&worst, &c) { c } else { worst });
+        }
     }
 
     fn into_positions(mut self) -> Vec<(usize, usize)> {
@@ -189,6 +209,30 @@ impl BestCandidates {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn best_candidates_match_a_full_sort() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        // Scores from a few values, so ties (broken by position) are common.
+        let offers: Vec<(f32, usize, usize)> = (0..20_000)
+            .map(|i| (rng.random_range(0..50) as f32, i / 100, i % 100))
+            .collect();
+        for capacity in [0, 5, 300, 1500, 25_000] {
+            let mut best = BestCandidates::new(capacity);
+            for &(score, r, c) in &offers {
+                best.offer(score, r, c);
+            }
+            let mut sorted = offers.clone();
+            sorted.sort_by(rank_order);
+            let mut expected: Vec<(usize, usize)> = sorted
+                .iter()
+                .take(capacity)
+                .map(|&(_, r, c)| (r, c))
+                .collect();
+            expected.sort_unstable();
+            assert_eq!(best.into_positions(), expected, "capacity {capacity}");
+        }
+    }
     use crate::autograd::GradientFactors;
     use crate::sparse::SparseMatrix;
     use ndarray::array;
