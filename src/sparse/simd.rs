@@ -111,11 +111,19 @@ trait Vector: Copy {
     unsafe fn add(a: Self, b: Self) -> Self;
 
     unsafe fn zero16() -> Self::Sixteen;
-    unsafe fn load16(src: *const f32) -> Self::Sixteen;
+    /// The first `lanes` (≤ 16) floats at `src`, the other lanes zero; nothing
+    /// beyond `src + lanes` is read.
+    unsafe fn load16(src: *const f32, lanes: usize) -> Self::Sixteen;
     unsafe fn mul_add16(a: Self::Sixteen, b: Self::Sixteen, c: Self::Sixteen) -> Self::Sixteen;
     /// The sum of the 16 lanes as a tree: lanes `i` and `i + 8` first, then
     /// `i` and `i + 4`, then `(0 + 2) + (1 + 3)`.
     unsafe fn sum16(v: Self::Sixteen) -> f32;
+    /// [`Vector::sum16`] of four sums at once (the same tree for each, so the
+    /// same results); a vector set may share the shuffles among the four.
+    unsafe fn sum16x4(v: [Self::Sixteen; 4]) -> [f32; 4] {
+        // SAFETY: forwarded from the caller.
+        v.map(|v| unsafe { Self::sum16(v) })
+    }
 }
 
 /// `a · b + c`, fused into one instruction where the target has FMA. Without
@@ -188,8 +196,8 @@ impl Vector for Portable {
         unsafe { Self::zero() }
     }
     #[inline(always)]
-    unsafe fn load16(src: *const f32) -> Self {
-        unsafe { Self::load(src, 16) }
+    unsafe fn load16(src: *const f32, lanes: usize) -> Self {
+        unsafe { Self::load(src, lanes) }
     }
     #[inline(always)]
     unsafe fn mul_add16(a: Self, b: Self, c: Self) -> Self {
@@ -272,9 +280,16 @@ mod x86 {
             [_mm256_setzero_ps(); 2]
         }
         #[inline(always)]
-        unsafe fn load16(src: *const f32) -> [__m256; 2] {
-            // SAFETY: the caller guarantees 16 readable floats at `src`.
-            [_mm256_loadu_ps(src), _mm256_loadu_ps(src.add(8))]
+        unsafe fn load16(src: *const f32, lanes: usize) -> [__m256; 2] {
+            // SAFETY: the caller guarantees `lanes` readable floats at `src`;
+            // the second half is read only where it has lanes.
+            let low = Self::load(src, lanes.min(8)).0;
+            let high = if lanes > 8 {
+                Self::load(src.add(8), lanes - 8).0
+            } else {
+                _mm256_setzero_ps()
+            };
+            [low, high]
         }
         #[inline(always)]
         unsafe fn mul_add16(a: [__m256; 2], b: [__m256; 2], c: [__m256; 2]) -> [__m256; 2] {
@@ -341,9 +356,13 @@ mod x86 {
             Self::zero()
         }
         #[inline(always)]
-        unsafe fn load16(src: *const f32) -> Self {
-            // SAFETY: the caller guarantees 16 readable floats at `src`.
-            Avx512(_mm512_loadu_ps(src))
+        unsafe fn load16(src: *const f32, lanes: usize) -> Self {
+            // SAFETY: forwarded to `load`, which reads `lanes` floats only.
+            if lanes == 16 {
+                Avx512(_mm512_loadu_ps(src))
+            } else {
+                Self::load(src, lanes)
+            }
         }
         #[inline(always)]
         unsafe fn mul_add16(a: Self, b: Self, c: Self) -> Self {
@@ -354,6 +373,40 @@ mod x86 {
             let low = _mm512_castps512_ps256(v.0);
             let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v.0), 1));
             sum8(_mm256_add_ps(low, high))
+        }
+        /// The four trees side by side in one register: each level's pairs
+        /// are brought into line by lane permutations and added once for all
+        /// four sums (11 shuffles and adds instead of 4 × 9).
+        #[inline(always)]
+        unsafe fn sum16x4([a, b, c, d]: [Self; 4]) -> [f32; 4] {
+            // Lanes `i` and `i + 8`: a's eight sums, then b's (and c's, d's).
+            let halves = |x: __m512, y: __m512| {
+                let low = _mm512_set_epi32(23, 22, 21, 20, 19, 18, 17, 16, 7, 6, 5, 4, 3, 2, 1, 0);
+                let high =
+                    _mm512_set_epi32(31, 30, 29, 28, 27, 26, 25, 24, 15, 14, 13, 12, 11, 10, 9, 8);
+                _mm512_add_ps(
+                    _mm512_permutex2var_ps(x, low, y),
+                    _mm512_permutex2var_ps(x, high, y),
+                )
+            };
+            let (ab, cd) = (halves(a.0, b.0), halves(c.0, d.0));
+            // Lanes `i` and `i + 4` of each eight: four sums per argument.
+            let low = _mm512_set_epi32(27, 26, 25, 24, 19, 18, 17, 16, 11, 10, 9, 8, 3, 2, 1, 0);
+            let high = _mm512_set_epi32(31, 30, 29, 28, 23, 22, 21, 20, 15, 14, 13, 12, 7, 6, 5, 4);
+            let four = _mm512_add_ps(
+                _mm512_permutex2var_ps(ab, low, cd),
+                _mm512_permutex2var_ps(ab, high, cd),
+            );
+            // `0 + 2` and `1 + 3` in lanes 0 and 1 of each group of four, then their sum.
+            let two = _mm512_add_ps(four, _mm512_permute_ps(four, 0b01_00_11_10));
+            let one = _mm512_add_ps(two, _mm512_permute_ps(two, 0b10_11_00_01));
+            let firsts = _mm512_permutexvar_ps(
+                _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0),
+                one,
+            );
+            let mut out = [0.0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(firsts));
+            out
         }
     }
 
@@ -657,32 +710,33 @@ unsafe fn dot_products_with<V: Vector>(block: &DotBlock<'_>, grad: &mut [f32]) {
 }
 
 /// The dot products of `a` with each of `G` equally long rows `b`: 16 partial
-/// sums each over the whole 16-float blocks, reduced as a fixed tree, plus the
-/// few floats left. The arithmetic of one product does not depend on `G`.
+/// sums each (the last block zero-padded), reduced as a fixed tree. The
+/// arithmetic of one product does not depend on `G`.
 ///
 /// # Safety
 /// `V`'s instructions must be available.
 #[inline(always)]
 unsafe fn dots<V: Vector, const G: usize>(a: &[f32], b: [&[f32]; G]) -> [f32; G] {
-    let full = a.len() / 16 * 16;
     assert!(b.iter().all(|row| row.len() == a.len()));
-    // SAFETY: `V` is available (forwarded); every load reads 16 floats at an
-    // offset below `full ≤ len` of a row checked to be `a.len()` long.
+    // SAFETY: `V` is available (forwarded); every load reads at most the
+    // `a.len() − start` floats left of a row checked to be `a.len()` long.
     unsafe {
         let mut sums = [V::zero16(); G];
-        for start in (0..full).step_by(16) {
-            let a_block = V::load16(a.as_ptr().add(start));
+        for start in (0..a.len()).step_by(16) {
+            let lanes = (a.len() - start).min(16);
+            let a_block = V::load16(a.as_ptr().add(start), lanes);
             for (sum, row) in sums.iter_mut().zip(&b) {
-                *sum = V::mul_add16(a_block, V::load16(row.as_ptr().add(start)), *sum);
+                *sum = V::mul_add16(a_block, V::load16(row.as_ptr().add(start), lanes), *sum);
             }
         }
-        std::array::from_fn(|j| {
-            let tail: f32 = a[full..]
-                .iter()
-                .zip(&b[j][full..])
-                .map(|(x, y)| x * y)
-                .sum();
-            V::sum16(sums[j]) + tail
-        })
+        let mut out = [0.0; G];
+        for (out, sums) in out.chunks_exact_mut(4).zip(sums.chunks_exact(4)) {
+            out.copy_from_slice(&V::sum16x4([sums[0], sums[1], sums[2], sums[3]]));
+        }
+        let done = G / 4 * 4;
+        for (out, &sum) in out[done..].iter_mut().zip(&sums[done..]) {
+            *out = V::sum16(sum);
+        }
+        out
     }
 }
