@@ -39,7 +39,7 @@ pub struct TrainConfig {
     pub epochs: usize,
     /// Samples per optimizer step.
     pub batch_size: usize,
-    /// Initial learning rate.
+    /// Initial learning rate (the CLI defaults to [`crate::nn::Architecture::default_lr`]).
     pub lr: f32,
     /// SGD momentum β.
     pub momentum: f32,

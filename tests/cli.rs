@@ -142,6 +142,9 @@ fn lenet5_trains_reports_its_channels_and_inspects() {
         inspect.contains("50×20×5×5") && inspect.contains("of 20"),
         "conv2 listed with its kernel dimensions and input channels: {inspect}"
     );
+    // LeNet-5's own default learning rate, recorded for resuming.
+    let config = std::fs::read_to_string(dir.path().join("runs/l5/config.toml")).unwrap();
+    assert!(config.contains("lr = 0.05"), "{config}");
 }
 
 #[test]

@@ -34,6 +34,17 @@ use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
 pub const DEFAULT_DENSE_KERNELS_ABOVE: f64 = 0.3;
 
 /// When a sparse weight computes with dense kernels.
+///
+/// ```
+/// use sparsetrain::autograd::{DenseKernels, Tape};
+/// use sparsetrain::params::ParamStore;
+///
+/// let store = ParamStore::new();
+/// let mut tape = Tape::new(&store);
+/// // Sparse layers denser than 50 % (with products of 2²² multiply-adds or
+/// // more) use sgemm; `None` would keep the sparse kernels everywhere.
+/// tape.set_dense_kernels(Some(DenseKernels::above(0.5)));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DenseKernels {
     /// The weight's density must exceed this.

@@ -114,9 +114,10 @@ pub struct TrainArgs {
     /// `exact` for every step [default: until the momentum forgets 99 %: 44].
     #[arg(long, value_name = "STEPS|exact")]
     pub momentum_window: Option<String>,
-    /// Initial learning rate (multiplied by 0.1 every 25 000 steps).
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f32,
+    /// Initial learning rate (multiplied by 0.1 every 25 000 steps)
+    /// [default: 0.1; 0.05 for lenet5, which is unstable at 0.1 here].
+    #[arg(long)]
+    pub lr: Option<f32>,
     /// Samples per step.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
@@ -154,7 +155,7 @@ impl TrainArgs {
             model: self.model.clone(),
             epochs: self.epochs.unwrap_or(DEFAULT_EPOCHS),
             batch_size: self.batch_size,
-            lr: self.lr,
+            lr: self.lr(),
             seed: self.seed,
             validation_fraction: self.validation_fraction,
             train_samples: self.train_samples,
@@ -166,6 +167,11 @@ impl TrainArgs {
         };
         config.validate()?;
         Ok(config)
+    }
+
+    /// `--lr`, or the network's default.
+    fn lr(&self) -> f32 {
+        self.lr.unwrap_or_else(|| self.model.default_lr())
     }
 
     fn sparse_settings(&self) -> Result<SparseSettings, CliError> {
@@ -346,7 +352,7 @@ impl TrainArgs {
         // Through its decimal text, so 0.1 stays 0.1 (not 0.10000000149…).
         set(
             "lr",
-            self.lr
+            self.lr()
                 .to_string()
                 .parse::<f64>()
                 .expect("a float's text parses")
