@@ -61,6 +61,7 @@ fn bench_kernels_prints_a_table_and_the_cross_over() {
         "forward W·X",
         "portable",
         "Cross-over",
+        "dense kernels above 30% density",
         "sgemm",
         "conv2",
     ] {

@@ -2,11 +2,10 @@
 
 use ndarray::Array2;
 
-use super::sparse_product::SparseProduct;
-use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
+use super::tape::{BackwardPass, GradientFactors, Op, Tape, Var};
+use super::weight_product::WeightProduct;
 use super::workspace::Workspace;
 use crate::conv::{ConvGeometry, col2im, im2col};
-use crate::dense::gemm;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
 
@@ -21,8 +20,8 @@ pub(crate) struct Conv2d {
     /// The rows of `cols` (kernel offsets of input channels) the weight
     /// reads; the others were not built, and get no gradient. From the workspace.
     needed: Vec<bool>,
-    /// For a sparse weight: sparse kernels, or dense ones above the threshold.
-    product: Option<SparseProduct>,
+    /// The weight as stored, or a dense copy of a sparse one.
+    product: WeightProduct,
 }
 
 impl Tape<'_> {
@@ -56,17 +55,13 @@ impl Tape<'_> {
             ));
         }
         let columns = batch * out_h * out_w;
-        let product = match &param.value {
-            ParamValue::Sparse(w) => Some(self.sparse_product(w, columns)),
-            ParamValue::Dense(_) => None,
-        };
-        // The dense kernels read every row of im2col (zeros in the copy
-        // times whatever the row holds), so they need every row built.
+        let product = self.weight_product(&param.value, columns);
+        // Only the sparse kernels skip the rows no filter reads: a dense
+        // product reads every row of im2col (zeros in the copy times whatever
+        // the row holds), and so does the full gradient growth asks for.
         let mut needed = self.workspace().flags(patch);
         match (&param.value, &product) {
-            (ParamValue::Sparse(w), Some(SparseProduct::Kernels))
-                if !self.keeps_factors(weight) =>
-            {
+            (ParamValue::Sparse(w), WeightProduct::AsStored) if !self.keeps_factors(weight) => {
                 for (c, flag) in needed.iter_mut().enumerate() {
                     *flag = w.column_count(c) > 0;
                 }
@@ -86,11 +81,7 @@ impl Tape<'_> {
             cols.as_slice_mut().expect("contiguous"),
         );
         let mut y = self.alloc(out_channels, columns);
-        match (&param.value, &product) {
-            (ParamValue::Sparse(w), Some(product)) => product.forward(w, cols.view(), y.view_mut()),
-            (ParamValue::Dense(w), _) => gemm(1.0, w.view(), cols.view(), 0.0, y.view_mut()),
-            (ParamValue::Sparse(_), None) => unreachable!("a sparse weight has a product"),
-        }
+        product.forward(&param.value, cols.view(), y.view_mut());
         let op = Conv2d {
             weight,
             input,
@@ -107,27 +98,14 @@ impl Conv2d {
     /// `dW = dY · colsᵀ` (at the stored entries for a sparse weight), and
     /// `dX = col2im(Wᵀ · dY)` for the channels the weight reads.
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let grad = match (pass.param(self.weight), &self.product) {
-            (ParamValue::Sparse(w), Some(product)) => {
-                ParamGrad::Sparse(product.weight_grad(w, dy.view(), self.cols.view(), pass))
-            }
-            (ParamValue::Dense(w), _) => {
-                let mut dw = pass.alloc(w.nrows(), w.ncols());
-                gemm(1.0, dy.view(), self.cols.t(), 0.0, dw.view_mut());
-                ParamGrad::Dense(dw)
-            }
-            (ParamValue::Sparse(_), None) => unreachable!("a sparse weight has a product"),
-        };
+        let weight = pass.param(self.weight);
+        let grad = self
+            .product
+            .weight_grad(weight, dy.view(), self.cols.view(), pass);
         let dx = pass.needs_grad(self.input).then(|| {
             let (patch, columns) = self.cols.dim();
             let mut dcols = pass.alloc(patch, columns);
-            match (pass.param(self.weight), &self.product) {
-                (ParamValue::Sparse(w), Some(product)) => {
-                    product.input_grad(w, dy.view(), dcols.view_mut())
-                }
-                (ParamValue::Dense(w), _) => gemm(1.0, w.t(), dy.view(), 0.0, dcols.view_mut()),
-                (ParamValue::Sparse(_), None) => unreachable!("a sparse weight has a product"),
-            }
+            self.product.input_grad(weight, dy.view(), dcols.view_mut());
             let (rows, cols) = pass.value(self.input).dim();
             let mut dx = pass.alloc(rows, cols);
             let batch = cols / self.geometry.input_plane();
@@ -171,8 +149,6 @@ impl Conv2d {
     pub(crate) fn release(self, workspace: &mut Workspace) {
         workspace.give(self.cols);
         workspace.give_flags(self.needed);
-        if let Some(product) = self.product {
-            product.release(workspace);
-        }
+        self.product.release(workspace);
     }
 }

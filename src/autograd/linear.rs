@@ -6,28 +6,20 @@
 use ndarray::Array2;
 
 use super::elementwise::{slice, slice_mut};
-use super::sparse_product::SparseProduct;
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
+use super::weight_product::WeightProduct;
 use super::workspace::Workspace;
-use crate::dense::{gemm, sum};
+use crate::dense::sum;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
-use crate::sparse::SparseMatrix;
 
-/// `Y = W·X` for a sparse `W`.
+/// `Y = W·X`, for a sparse or dense `W`.
 #[derive(Debug)]
-pub(crate) struct SparseMatmul {
+pub(crate) struct Matmul {
     weight: ParamId,
     input: Var,
-    /// Sparse kernels, or dense ones for a weight above the threshold.
-    product: SparseProduct,
-}
-
-/// `Y = W·X` for a dense `W`.
-#[derive(Debug)]
-pub(crate) struct DenseMatmul {
-    weight: ParamId,
-    input: Var,
+    /// The weight as stored, or a dense copy of a sparse one.
+    product: WeightProduct,
 }
 
 /// `Y = X + b`, `b` an `n × 1` column added to every column of `X`.
@@ -38,7 +30,8 @@ pub(crate) struct AddBias {
 }
 
 impl Tape<'_> {
-    /// `weight · input`. A sparse weight runs the sparse kernels, a dense one sgemm.
+    /// `weight · input`. A dense weight runs sgemm, a sparse one the sparse
+    /// kernels (or sgemm on a dense copy, see [`Tape::set_dense_kernels`]).
     pub fn matmul(&mut self, weight: ParamId, input: Var) -> Result<Var> {
         let x = self.value(input);
         let param = self.params().get(weight);
@@ -55,22 +48,14 @@ impl Tape<'_> {
         }
         let batch = x.ncols();
         let mut y = self.alloc(rows, batch);
-        let op = match &self.params().get(weight).value {
-            ParamValue::Sparse(w) => {
-                let product = self.sparse_product(w, batch);
-                product.forward(w, self.value(input).view(), y.view_mut());
-                Op::SparseMatmul(SparseMatmul {
-                    weight,
-                    input,
-                    product,
-                })
-            }
-            ParamValue::Dense(w) => {
-                let x = self.value(input);
-                gemm(1.0, w.view(), x.view(), 0.0, y.view_mut());
-                Op::DenseMatmul(DenseMatmul { weight, input })
-            }
-        };
+        let weight_value = &self.params().get(weight).value;
+        let product = self.weight_product(weight_value, batch);
+        product.forward(weight_value, self.value(input).view(), y.view_mut());
+        let op = Op::Matmul(Matmul {
+            weight,
+            input,
+            product,
+        });
         Ok(self.push_op(y, op, &[input], true))
     }
 
@@ -113,18 +98,19 @@ impl Tape<'_> {
     }
 }
 
-impl SparseMatmul {
-    /// `dW = dY·Xᵀ` at the stored entries (SDDMM), `dX = Wᵀ·dY`.
+impl Matmul {
+    /// `dX = Wᵀ·dY`; `dW = dY·Xᵀ`, for a sparse `W` at its stored entries only
+    /// (keeping the factors `dY`, `X` of the full product if growth asked).
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let (w, x) = (self.weights(pass), pass.value(self.input));
+        let (weight, x) = (pass.param(self.weight), pass.value(self.input));
         let dx = pass.needs_grad(self.input).then(|| {
             let mut dx = pass.alloc(x.nrows(), x.ncols());
-            self.product.input_grad(w, dy.view(), dx.view_mut());
+            self.product.input_grad(weight, dy.view(), dx.view_mut());
             dx
         });
-        let dw = self.product.weight_grad(w, dy.view(), x.view(), pass);
+        let dw = self.product.weight_grad(weight, dy.view(), x.view(), pass);
         let input = pass.wants_factors(self.weight).then(|| x.clone());
-        pass.accumulate_param(self.weight, ParamGrad::Sparse(dw));
+        pass.accumulate_param(self.weight, dw);
         if let Some(dx) = dx {
             pass.accumulate(self.input, dx);
         }
@@ -140,51 +126,9 @@ impl SparseMatmul {
         }
     }
 
-    fn weights<'p>(&self, pass: &BackwardPass<'_, 'p>) -> &'p SparseMatrix {
-        match pass.param(self.weight) {
-            ParamValue::Sparse(w) => w,
-            ParamValue::Dense(_) => {
-                unreachable!("SparseMatmul is only recorded for sparse weights")
-            }
-        }
-    }
-
     /// Returns the dense copy of the weight, if the product made one.
     pub(crate) fn release(self, workspace: &mut Workspace) {
         self.product.release(workspace);
-    }
-}
-
-impl DenseMatmul {
-    /// `dW = dY·Xᵀ`, `dX = Wᵀ·dY`.
-    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let dx = pass.needs_grad(self.input).then(|| {
-            let (rows, cols) = pass.value(self.input).dim();
-            let mut dx = pass.alloc(rows, cols);
-            gemm(1.0, self.weights(pass).t(), dy.view(), 0.0, dx.view_mut());
-            dx
-        });
-        let (rows, cols) = self.weights(pass).dim();
-        let mut dw = pass.alloc(rows, cols);
-        gemm(
-            1.0,
-            dy.view(),
-            pass.value(self.input).t(),
-            0.0,
-            dw.view_mut(),
-        );
-        pass.accumulate_param(self.weight, ParamGrad::Dense(dw));
-        if let Some(dx) = dx {
-            pass.accumulate(self.input, dx);
-        }
-        pass.recycle(dy);
-    }
-
-    fn weights<'a>(&self, pass: &'a BackwardPass) -> &'a Array2<f32> {
-        match pass.param(self.weight) {
-            ParamValue::Dense(w) => w,
-            ParamValue::Sparse(_) => unreachable!("DenseMatmul is only recorded for dense weights"),
-        }
     }
 }
 

@@ -13,8 +13,9 @@
 //! | `loss.rs` | [`Tape::softmax_cross_entropy`] |
 //!
 //! Big scratch buffers (im2col) come from a [`Workspace`] that outlives the tape.
-//! `sparse_product.rs` decides whether a sparse weight runs the sparse kernels
-//! or, above a density threshold, dense ones.
+//! `weight_product.rs` decides how each use of a weight is multiplied: sgemm
+//! for a dense one, the sparse kernels or (above a density threshold) sgemm
+//! on a dense copy for a sparse one.
 
 mod conv;
 mod elementwise;
@@ -22,11 +23,11 @@ mod linear;
 mod loss;
 mod norm;
 mod pool;
-mod sparse_product;
 mod tape;
+mod weight_product;
 mod workspace;
 
 pub use norm::{BatchNormParams, EPSILON, RUNNING_MOMENTUM};
-pub use sparse_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels};
 pub use tape::{GradientFactors, Gradients, ParamGrad, Tape, Var};
+pub use weight_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels};
 pub use workspace::Workspace;

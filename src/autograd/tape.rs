@@ -19,15 +19,14 @@ use rand::rngs::ChaCha8Rng;
 
 use super::conv::Conv2d;
 use super::elementwise::{Add, Dropout, Relu};
-use super::linear::{AddBias, DenseMatmul, SparseMatmul};
+use super::linear::{AddBias, Matmul};
 use super::loss::SoftmaxCrossEntropy;
 use super::norm::BatchNorm;
 use super::pool::{Flatten, GlobalAvgPool, MaxPool2d};
-use super::sparse_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels, SparseProduct};
+use super::weight_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels, WeightProduct};
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamStore, ParamValue};
-use crate::sparse::SparseMatrix;
 
 /// A value on the tape (an index into its nodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,8 +37,7 @@ pub struct Var(pub(crate) usize);
 pub(crate) enum Op {
     /// A leaf: data fed in from outside.
     Input,
-    SparseMatmul(SparseMatmul),
-    DenseMatmul(DenseMatmul),
+    Matmul(Matmul),
     AddBias(AddBias),
     Relu(Relu),
     SoftmaxCrossEntropy(SoftmaxCrossEntropy),
@@ -214,7 +212,7 @@ impl<'p> Tape<'p> {
         for node in nodes.drain(..) {
             self.workspace.give(node.value);
             match node.op {
-                Op::SparseMatmul(op) => op.release(&mut self.workspace),
+                Op::Matmul(op) => op.release(&mut self.workspace),
                 Op::SoftmaxCrossEntropy(op) => op.release(&mut self.workspace),
                 Op::MaxPool2d(op) => op.release(&mut self.workspace),
                 Op::Conv2d(op) => op.release(&mut self.workspace),
@@ -244,15 +242,15 @@ impl<'p> Tape<'p> {
         self.workspace.array(rows, cols)
     }
 
-    /// The kernels for one use of sparse weight `w` on an operand of
-    /// `columns` columns, per the dense-kernel policy.
-    pub(crate) fn sparse_product(&mut self, w: &SparseMatrix, columns: usize) -> SparseProduct {
-        SparseProduct::choose(w, columns, self.dense_kernels, &mut self.workspace)
-    }
-
     /// The pool of scratch buffers, for ops that need more than arrays.
     pub(crate) fn workspace(&mut self) -> &mut Workspace {
         &mut self.workspace
+    }
+
+    /// How to multiply by `weight` (a parameter's value) on an operand of
+    /// `columns` columns, per the dense-kernel policy.
+    pub(crate) fn weight_product(&mut self, weight: &ParamValue, columns: usize) -> WeightProduct {
+        WeightProduct::choose(weight, columns, self.dense_kernels, &mut self.workspace)
     }
 
     /// The dropout random numbers; an error if none were given.
@@ -386,8 +384,7 @@ impl<'p> Tape<'p> {
             // ReLU does) or gives it back to the pool when done reading it.
             match &node.op {
                 Op::Input => pass.grads.inputs[i] = Some(grad),
-                Op::SparseMatmul(op) => op.backward(grad, &mut pass),
-                Op::DenseMatmul(op) => op.backward(grad, &mut pass),
+                Op::Matmul(op) => op.backward(grad, &mut pass),
                 Op::AddBias(op) => op.backward(grad, &mut pass),
                 Op::Relu(op) => op.backward(grad, &node.value, &mut pass),
                 Op::SoftmaxCrossEntropy(op) => op.backward(grad, &mut pass),

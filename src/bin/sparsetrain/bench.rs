@@ -2,6 +2,7 @@
 //! cross-over densities and the JSON. The timing itself is in
 //! `sparsetrain::bench`; every comparison is made within one run.
 
+use sparsetrain::autograd::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels};
 use sparsetrain::bench::{
     Crossover, EpochTiming, KernelTiming, crossovers, time_dense_path, time_epochs, time_im2col,
     time_kernels,
@@ -86,6 +87,13 @@ fn bench_kernels(args: KernelBenchArgs) -> CliResult {
     for c in &crossover {
         say!("  {}", describe_crossover(c));
     }
+    let policy = DenseKernels::above(DEFAULT_DENSE_KERNELS_ABOVE);
+    say!(
+        "Training multiplies a sparse layer with the dense kernels above {:.0}% density \
+         (--dense-kernels-above), if its product has at least {} multiply-adds.",
+        100.0 * policy.above_density,
+        policy.min_work
+    );
     say!(
         "The engine's dense product ({threads} threads) vs one plain matrixmultiply sgemm (1 thread):"
     );
