@@ -32,10 +32,10 @@ use crate::params::ParamValue;
 use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
 
 /// The density above which a sparse layer computes with dense kernels unless
-/// told otherwise: below the lowest cross-over measured for the forward and
-/// input-gradient products of LeNet shapes at batch 64–100 (32–50 %), above
-/// the 20 % where a 4096-wide input gradient already loses (there the
-/// sparse path is still within 1.5× of dense).
+/// told otherwise: below every cross-over measured for LeNet-300-100's shapes
+/// at batch 64–100 (34 % and up), above the 20 % where a 4096-wide input
+/// gradient already loses (there the sparse path is still within 1.5× of
+/// dense).
 pub const DEFAULT_DENSE_KERNELS_ABOVE: f64 = 0.3;
 
 /// When a sparse weight computes with dense kernels.
@@ -72,7 +72,8 @@ impl DenseKernels {
         }
     }
 
-    /// Always, whatever the density and size (tests and studies).
+    /// For every weight with at least one stored entry, whatever its density
+    /// and size (tests and studies).
     pub const fn always() -> Self {
         DenseKernels {
             above_density: 0.0,
