@@ -120,8 +120,9 @@ fn structure(store: &ParamStore) -> Vec<(Vec<usize>, Vec<usize>)> {
 /// Trains 200 steps with `updates` (masks updated every 20 steps) and checks,
 /// after every update: valid CSR, each layer's planned count, the total
 /// conserved, momentum aligned, surviving weights unchanged and grown ones
-/// starting as the policy says.
-fn check_invariants(updates: MaskUpdates, distribution: Distribution) {
+/// starting as the policy says. Returns how many weights were revived
+/// (pruned and regrown in the same update).
+fn check_invariants(updates: MaskUpdates, distribution: Distribution) -> usize {
     let what = format!("{updates:?} with {distribution}");
     let (mut store, mlp) = mlp_with(1, distribution);
     let length = RunLength {
@@ -152,7 +153,7 @@ fn check_invariants(updates: MaskUpdates, distribution: Distribution) {
             .sum::<usize>()
     };
     let initial_total = total_nnz(&store);
-    let mut updates_seen = 0;
+    let (mut updates_seen, mut revived) = (0, 0);
     for step in 0..length.total_steps {
         if !sgd_step(&mut store, &mlp, &mut controller, step) {
             continue;
@@ -202,29 +203,37 @@ fn check_invariants(updates: MaskUpdates, distribution: Distribution) {
                     layer.name
                 );
             }
-            // Surviving weights keep their values; new ones (including a
-            // pruned position grown back) start at zero unless drawn fresh.
-            let old = before.get(id).value.as_sparse().unwrap();
+            assert!(
+                layer.revived <= layer.removed.min(layer.regrown),
+                "{what} {}: revived weights are both pruned and regrown",
+                layer.name
+            );
+            revived += layer.revived;
+            // Weights present before and after keep their value and momentum
+            // (a pruned weight grown back at once never left); new ones start
+            // at zero unless drawn fresh.
+            let old = before.get(id);
+            let old_w = old.value.as_sparse().unwrap();
             for r in 0..w.rows() {
-                let (old_cols, old_values) = old.row(r);
-                for (c, &v) in w.row(r).0.iter().zip(w.row(r).1) {
-                    match old_cols.binary_search(c) {
-                        Ok(i) if v != 0.0 && updates.regrowth.weight == RegrownWeight::Zero => {
+                let (cols, values) = w.row(r);
+                for ((&c, &v), k) in cols.iter().zip(values).zip(w.indptr()[r]..) {
+                    match old_w.position(r, c) {
+                        Some(old_k) => {
                             assert_eq!(
-                                v, old_values[i],
+                                (v, param.momentum[k]),
+                                (old_w.values()[old_k], old.momentum[old_k]),
                                 "{what} {}: ({r}, {c}) changed",
                                 layer.name
                             )
                         }
-                        Ok(_) => {}
-                        Err(_) if updates.regrowth.weight == RegrownWeight::Zero => {
+                        None if updates.regrowth.weight == RegrownWeight::Zero => {
                             assert_eq!(
                                 v, 0.0,
                                 "{what} {}: grown ({r}, {c}) is not zero",
                                 layer.name
                             )
                         }
-                        Err(_) => assert!(
+                        None => assert!(
                             v != 0.0,
                             "{what} {}: grown ({r}, {c}) was not drawn",
                             layer.name
@@ -238,13 +247,16 @@ fn check_invariants(updates: MaskUpdates, distribution: Distribution) {
         updates_seen, 9,
         "{what}: an update every 20 steps but after the last"
     );
+    revived
 }
 
 #[test]
 fn every_method_keeps_the_invariants() {
+    let mut revived = 0;
     for method in [Method::SparseMomentum, Method::Set, Method::Rigl] {
-        check_invariants(method.mask_updates().unwrap(), method.distribution());
+        revived += check_invariants(method.mask_updates().unwrap(), method.distribution());
     }
+    assert!(revived > 0, "some pruned weights were regrown at once");
 }
 
 #[test]

@@ -271,6 +271,13 @@ impl SparseMatrix {
         (&self.indices()[range.clone()], &self.values()[range])
     }
 
+    /// The value position of entry `(r, c)`, if it is stored.
+    pub fn position(&self, r: usize, c: usize) -> Option<usize> {
+        let start = self.indptr()[r];
+        let (columns, _) = self.row(r);
+        columns.binary_search(&c).ok().map(|i| start + i)
+    }
+
     /// Rows without any stored entry: output neurons (or channels) cut off from every input.
     pub fn empty_rows(&self) -> usize {
         self.indptr().windows(2).filter(|w| w[0] == w[1]).count()
@@ -450,6 +457,15 @@ mod tests {
     fn too_many_entries_is_an_error() {
         let mut rng = ChaCha8Rng::seed_from_u64(1);
         assert!(SparseMatrix::random(2, 2, 5, &mut rng, |_| 1.0).is_err());
+    }
+
+    #[test]
+    fn position_finds_stored_entries_only() {
+        let m = SparseMatrix::from_dense(array![[0.0, 2.0, 0.0], [3.0, 0.0, 4.0]].view());
+        assert_eq!(m.position(0, 1), Some(0));
+        assert_eq!(m.position(1, 2), Some(2));
+        assert_eq!(m.position(0, 0), None);
+        assert_eq!(m.position(1, 1), None);
     }
 
     #[test]

@@ -118,10 +118,13 @@ pub struct LayerUpdate {
     pub name: String,
     /// Stored weights before the update.
     pub nnz_before: usize,
-    /// Weights pruned.
+    /// Weights pruned (including the revived ones).
     pub removed: usize,
-    /// Weights grown.
+    /// Weights grown (including the revived ones).
     pub regrown: usize,
+    /// Weights pruned and regrown at once: they keep their value and momentum.
+    #[serde(default)]
+    pub revived: usize,
     /// Stored weights after the update.
     pub nnz_after: usize,
     /// The layer's share of the regrowth (its normalised redistribution score).
@@ -404,8 +407,9 @@ impl SparseLearning {
             layers.push(LayerUpdate {
                 name: param.name.clone(),
                 nnz_before,
-                removed: plan.removals.len(),
-                regrown: plan.growth.len(),
+                removed: plan.removals.len() + plan.revived,
+                regrown: plan.growth.len() + plan.revived,
+                revived: plan.revived,
                 nnz_after,
                 share: plan.share,
                 size,
@@ -532,11 +536,7 @@ impl SparseLearning {
                     ),
                 });
             }
-            plans.push(LayerPlan {
-                removals: removal,
-                growth,
-                share,
-            });
+            plans.push(LayerPlan::new(view.weights, removal, growth, share));
         }
         Ok(plans)
     }
@@ -553,9 +553,45 @@ fn normalized(values: &[f64]) -> Vec<f64> {
 
 /// One layer's part of an update.
 struct LayerPlan {
+    /// Value positions removed (not regrown).
     removals: Vec<usize>,
+    /// Positions inserted (not just pruned).
     growth: Vec<(usize, usize)>,
+    /// Weights the prune rule removed and the growth rule chose again.
+    revived: usize,
     share: f64,
+}
+
+impl LayerPlan {
+    /// The edit that the rules' choices amount to. A weight pruned and
+    /// regrown in the same update keeps its value and momentum: the reference
+    /// library applies its mask only after growth, so such a weight never
+    /// leaves. (Restarting it at zero instead cut LeNet-5's 25-weight conv1
+    /// in half at the first update, which the network did not survive at
+    /// lr 0.1.)
+    fn new(
+        weights: &SparseMatrix,
+        removals: Vec<usize>,
+        mut growth: Vec<(usize, usize)>,
+        share: f64,
+    ) -> Self {
+        let mut removed = vec![false; weights.nnz()];
+        removals.iter().for_each(|&k| removed[k] = true);
+        let before = growth.len();
+        growth.retain(|&(r, c)| match weights.position(r, c) {
+            Some(k) if removed[k] => {
+                removed[k] = false;
+                false
+            }
+            _ => true,
+        });
+        LayerPlan {
+            removals: removals.into_iter().filter(|&k| removed[k]).collect(),
+            revived: before - growth.len(),
+            growth,
+            share,
+        }
+    }
 }
 
 /// The reference library's guard for nearly dense layers: a layer with less

@@ -153,13 +153,14 @@ impl Observer for ProgressPrinter {
         ));
         for l in &update.layers {
             self.println(format!(
-                "    {:<12} nnz {:>7} → {:>7} ({:>6.2}%) · removed {:>6} · regrown {:>6} · share {:.3} · {}",
+                "    {:<12} nnz {:>7} → {:>7} ({:>6.2}%) · removed {:>6} · regrown {:>6} (revived {}) · share {:.3} · {}",
                 l.name,
                 l.nnz_before,
                 l.nnz_after,
                 100.0 * l.nnz_after as f64 / l.size as f64,
                 l.removed,
                 l.regrown,
+                l.revived,
                 l.share,
                 describe_channels(&l.channels)
             ));
