@@ -66,10 +66,11 @@ impl Default for Architecture {
 
 impl Architecture {
     /// The initial learning rate the CLI uses for this network unless told
-    /// otherwise: the reference library's 0.1, except 0.05 for LeNet-5,
-    /// which at 0.1 diverged right after a mask update for 3 of the 5
-    /// seed/density runs measured (see the README) and trained in every run
-    /// at 0.05.
+    /// otherwise: the reference library's 0.1, except 0.05 for LeNet-5. At
+    /// 0.1, with the default (sparse fan-in) init, the regrown weights' carried
+    /// momentum throws LeNet-5's loss back to ~2 after each early mask update
+    /// and some runs never recover (see the README); at 0.05 every run
+    /// measured trained.
     pub fn default_lr(&self) -> f32 {
         match self {
             Architecture::LeNet5 => 0.05,

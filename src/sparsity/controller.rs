@@ -567,8 +567,7 @@ impl LayerPlan {
     /// regrown in the same update keeps its value and momentum: the reference
     /// library applies its mask only after growth, so such a weight never
     /// leaves. (Restarting it at zero instead cut LeNet-5's 25-weight conv1
-    /// in half at the first update, which the network did not survive at
-    /// lr 0.1.)
+    /// in half at the first update.)
     fn new(
         weights: &SparseMatrix,
         removals: Vec<usize>,
