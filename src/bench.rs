@@ -15,7 +15,7 @@ use crate::data::Dataset;
 use crate::dense::gemm;
 use crate::error::Result;
 use crate::sparse::{InstructionSet, SparseMatrix, sddmm_using, spmm_transposed_using, spmm_using};
-use crate::train::{LayerInfo, SparseSettings, TrainConfig, Trainer};
+use crate::train::{EpochPhases, LayerInfo, SparseSettings, TrainConfig, Trainer};
 
 /// Time per training epoch of one configuration.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -29,6 +29,8 @@ pub struct EpochTiming {
     /// Median over rounds of (dense epoch time / this epoch time), pairing
     /// epochs measured next to each other; 1 for the dense model.
     pub speedup_vs_dense: f64,
+    /// Where the time went: the median over rounds of each phase.
+    pub phases: EpochPhases,
     /// Every weight matrix at the end: stored entries, empty channels.
     pub layers: Vec<LayerInfo>,
 }
@@ -65,24 +67,33 @@ pub fn time_epochs(
         })
         .collect::<Result<Vec<_>>>()?;
     let mut seconds = vec![Vec::with_capacity(rounds); configs.len()];
+    let mut phases = vec![Vec::with_capacity(rounds); configs.len()];
     for _ in 0..rounds {
-        for (trainer, times) in trainers.iter_mut().zip(&mut seconds) {
+        for ((trainer, times), phases) in trainers.iter_mut().zip(&mut seconds).zip(&mut phases) {
             let start = Instant::now();
-            trainer.train_epoch_unevaluated(&mut ())?;
+            phases.push(trainer.train_epoch_unevaluated(&mut ())?);
             times.push(start.elapsed().as_secs_f64());
         }
     }
     let dense = seconds[0].clone();
     Ok(configs
         .into_iter()
-        .zip(seconds)
+        .zip(seconds.into_iter().zip(phases))
         .zip(&trainers)
-        .map(|((density, times), trainer)| {
+        .map(|((density, (times, phases)), trainer)| {
             let ratios: Vec<f64> = dense.iter().zip(&times).map(|(d, t)| d / t).collect();
+            let phase = |part: fn(&EpochPhases) -> f64| {
+                median(&phases.iter().map(part).collect::<Vec<_>>())
+            };
             EpochTiming {
                 density,
                 median_seconds: median(&times),
                 speedup_vs_dense: median(&ratios),
+                phases: EpochPhases {
+                    forward_backward: phase(|p| p.forward_backward),
+                    optimizer: phase(|p| p.optimizer),
+                    mask_updates: phase(|p| p.mask_updates),
+                },
                 seconds: times,
                 layers: trainer.layers(),
             }

@@ -245,10 +245,26 @@ pub struct EpochStats {
     pub samples_per_second: f64,
     /// Seconds of training and mask updates (evaluation excluded).
     pub seconds: f64,
+    /// How `seconds` divides into the parts of training.
+    #[serde(default)]
+    pub phases: EpochPhases,
     /// The mask updates of this epoch (by default one, at its end, after
     /// evaluation); run logs record them as lines of their own.
     #[serde(skip)]
     pub mask_updates: Vec<MaskUpdate>,
+}
+
+/// Where an epoch's training time went, in seconds: what a study of the
+/// engine's speed needs beside the kernels' own timings (`bench kernels`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochPhases {
+    /// Forward and backward passes (the next batch is copied beside them).
+    pub forward_backward: f64,
+    /// Optimizer steps and the sparse-learning bookkeeping after each
+    /// (momentum statistics, the gradient factors of the momentum window).
+    pub optimizer: f64,
+    /// Mask updates, each with the dense-momentum product it ranks growth by.
+    pub mask_updates: f64,
 }
 
 /// A weight matrix's size and how much of it is stored.
@@ -485,6 +501,7 @@ impl Trainer {
             let update_start = Instant::now();
             self.finish_pass(&mut pass, observer)?;
             seconds += update_start.elapsed().as_secs_f64();
+            let phases = pass.phases;
             self.epochs_done = epoch;
             Ok(EpochStats {
                 epoch,
@@ -497,20 +514,25 @@ impl Trainer {
                 layers: self.layers(),
                 samples_per_second: pass.samples as f64 / seconds,
                 seconds,
+                phases,
                 mask_updates: pass.mask_updates,
             })
         })
     }
 
-    /// The next epoch without evaluation: what a benchmark times.
-    pub fn train_epoch_unevaluated(&mut self, observer: &mut (impl Observer + Send)) -> Result<()> {
+    /// The next epoch without evaluation: what a benchmark times. Returns
+    /// where its time went.
+    pub fn train_epoch_unevaluated(
+        &mut self,
+        observer: &mut (impl Observer + Send),
+    ) -> Result<EpochPhases> {
         let pool = Arc::clone(&self.pool);
         pool.install(|| {
             let epoch = self.epochs_done + 1;
             let mut pass = self.train_steps(epoch, observer)?;
             self.finish_pass(&mut pass, observer)?;
             self.epochs_done = epoch;
-            Ok(())
+            Ok(pass.phases)
         })
     }
 
@@ -567,14 +589,23 @@ impl Trainer {
 
     /// Applies the mask update due after the pass's last step, if any.
     fn finish_pass(&mut self, pass: &mut Pass, observer: &mut impl Observer) -> Result<()> {
-        if pass.update_pending
-            && let Some(sparse) = &mut self.sparse
-        {
-            let update = sparse.update_masks(&mut self.store, self.steps_done)?;
-            observer.on_mask_update(&update);
-            pass.mask_updates.push(update);
+        if pass.update_pending {
+            self.update_masks(pass, observer)?;
             pass.update_pending = false;
         }
+        Ok(())
+    }
+
+    /// Updates the masks now (if the run is sparse), timing it into `pass`.
+    fn update_masks(&mut self, pass: &mut Pass, observer: &mut impl Observer) -> Result<()> {
+        let Some(sparse) = &mut self.sparse else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        let update = sparse.update_masks(&mut self.store, self.steps_done)?;
+        pass.phases.mask_updates += start.elapsed().as_secs_f64();
+        observer.on_mask_update(&update);
+        pass.mask_updates.push(update);
         Ok(())
     }
 
@@ -595,6 +626,7 @@ impl Trainer {
             // Copy the next batch out while this one trains: the copy is a
             // transposition that would otherwise sit on the critical path.
             let workspace = std::mem::take(&mut self.workspace);
+            let start = Instant::now();
             let (result, ()) = rayon::join(
                 || self.forward_backward(&mut batch, workspace),
                 || {
@@ -603,6 +635,7 @@ impl Trainer {
                     }
                 },
             );
+            pass.phases.forward_backward += start.elapsed().as_secs_f64();
             std::mem::swap(&mut batch, &mut next);
             let (step_result, workspace) = result;
             self.workspace = workspace;
@@ -619,24 +652,25 @@ impl Trainer {
                     step: i + 1,
                 });
             }
+            let start = Instant::now();
             let step = self.steps_done;
             self.sgd
                 .step(&mut self.store, &grads, self.schedule.lr(step))?;
             self.store.apply_state_updates(state_updates);
             self.steps_done += 1;
-            if let Some(sparse) = &mut self.sparse {
+            let update_due = self.sparse.as_mut().is_some_and(|sparse| {
                 sparse.observe(&self.store, &mut grads, step);
-                if sparse.updates_after(step) {
-                    if i + 1 < batches.len() {
-                        let update = sparse.update_masks(&mut self.store, self.steps_done)?;
-                        observer.on_mask_update(&update);
-                        pass.mask_updates.push(update);
-                    } else {
-                        pass.update_pending = true;
-                    }
+                sparse.updates_after(step)
+            });
+            grads.recycle(&mut self.workspace);
+            pass.phases.optimizer += start.elapsed().as_secs_f64();
+            if update_due {
+                if i + 1 < batches.len() {
+                    self.update_masks(&mut pass, observer)?;
+                } else {
+                    pass.update_pending = true;
                 }
             }
-            grads.recycle(&mut self.workspace);
             pass.loss_sum += loss as f64;
             pass.correct += hits;
             pass.steps += 1;
@@ -891,6 +925,7 @@ struct Pass {
     mask_updates: Vec<MaskUpdate>,
     /// A mask update is due after the pass's last step.
     update_pending: bool,
+    phases: EpochPhases,
 }
 
 impl Pass {

@@ -63,7 +63,7 @@ fn one_test_at_a_time() -> MutexGuard<'static, ()> {
 }
 
 /// The largest allocation any thread makes while `f` runs.
-fn largest_allocation_while(f: impl FnOnce()) -> usize {
+fn largest_allocation_while<T>(f: impl FnOnce() -> T) -> usize {
     LARGEST.store(0, Ordering::Relaxed);
     RECORDING.store(true, Ordering::Relaxed);
     f();

@@ -50,6 +50,28 @@ fn sparse_momentum_learns_mnist_at_five_percent() {
 }
 
 #[test]
+fn an_epoch_reports_where_its_time_went() {
+    let config = quick(Some(0.05), 2_000, 2);
+    let mut trainer = Trainer::new(config, &mnist().train, &mnist().test).unwrap();
+    let first = trainer.train_epoch(&mut ()).unwrap();
+    let p = first.phases;
+    assert!(
+        p.forward_backward > 0.0 && p.optimizer > 0.0 && p.mask_updates > 0.0,
+        "{p:?}"
+    );
+    assert!(
+        p.forward_backward + p.optimizer + p.mask_updates <= first.seconds,
+        "{p:?} within {} s",
+        first.seconds
+    );
+    let last = trainer.train_epoch(&mut ()).unwrap();
+    assert_eq!(
+        last.phases.mask_updates, 0.0,
+        "no update after the last epoch"
+    );
+}
+
+#[test]
 fn two_percent_and_dense_learn_too() {
     let (sparse, _) = train(quick(Some(0.02), 5_000, 2));
     assert!(sparse.test_accuracy > 0.80, "2 %: {}", sparse.test_accuracy);

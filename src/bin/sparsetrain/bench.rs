@@ -279,26 +279,34 @@ fn bench_train(args: TrainBenchArgs) -> CliResult {
     Ok(())
 }
 
-/// One line per configuration: median time per epoch and per step, and the
-/// speed-up over dense (the median of the ratios of neighbouring epochs).
+/// One line per configuration: median time per epoch and per step, the
+/// speed-up over dense (the median of the ratios of neighbouring epochs),
+/// and the median milliseconds of each phase of the epoch.
 fn print_timings(timings: &[EpochTiming], steps: usize) {
     say!(
-        "  {:<10} {:>12} {:>12} {:>18}",
+        "  {:<10} {:>12} {:>12} {:>18}   {:>8} {:>9} {:>12}",
         "weights",
         "median epoch",
         "per step",
-        "speed-up vs dense"
+        "speed-up vs dense",
+        "fwd+bwd",
+        "optimizer",
+        "mask updates"
     );
     for t in timings {
         let label = t
             .density
             .map_or("dense".to_string(), |d| format!("{:.0}% sparse", 100.0 * d));
+        let ms = |seconds: f64| format!("{:.1} ms", 1e3 * seconds);
         say!(
-            "  {:<10} {:>10.3} s {:>9.2} ms {:>17.1}×",
+            "  {:<10} {:>10.3} s {:>9.2} ms {:>17.1}×   {:>8} {:>9} {:>12}",
             label,
             t.median_seconds,
             1e3 * t.median_seconds / steps.max(1) as f64,
-            t.speedup_vs_dense
+            t.speedup_vs_dense,
+            ms(t.phases.forward_backward),
+            ms(t.phases.optimizer),
+            ms(t.phases.mask_updates)
         );
     }
 }
