@@ -69,9 +69,11 @@ pub fn time_epochs(
     let mut seconds = vec![Vec::with_capacity(rounds); configs.len()];
     let mut phases = vec![Vec::with_capacity(rounds); configs.len()];
     for _ in 0..rounds {
-        for ((trainer, times), phases) in trainers.iter_mut().zip(&mut seconds).zip(&mut phases) {
+        for ((trainer, times), round_phases) in
+            trainers.iter_mut().zip(&mut seconds).zip(&mut phases)
+        {
             let start = Instant::now();
-            phases.push(trainer.train_epoch_unevaluated(&mut ())?);
+            round_phases.push(trainer.train_epoch_unevaluated(&mut ())?);
             times.push(start.elapsed().as_secs_f64());
         }
     }

@@ -245,7 +245,8 @@ pub struct EpochStats {
     pub samples_per_second: f64,
     /// Seconds of training and mask updates (evaluation excluded).
     pub seconds: f64,
-    /// How `seconds` divides into the parts of training.
+    /// The main parts of `seconds` (the rest: copying the first batch, the
+    /// observer's callbacks).
     #[serde(default)]
     pub phases: EpochPhases,
     /// The mask updates of this epoch (by default one, at its end, after

@@ -69,8 +69,7 @@ impl Architecture {
     /// otherwise: the reference library's 0.1, except 0.05 for LeNet-5. At
     /// 0.1, with the default (sparse fan-in) init, the regrown weights' carried
     /// momentum throws LeNet-5's loss back to ~2 after each early mask update
-    /// and some runs never recover (see the README); at 0.05 every run
-    /// measured trained.
+    /// (see the README); at 0.05 every run measured trained without such jumps.
     pub fn default_lr(&self) -> f32 {
         match self {
             Architecture::LeNet5 => 0.05,

@@ -271,8 +271,12 @@ impl SparseMatrix {
         (&self.indices()[range.clone()], &self.values()[range])
     }
 
-    /// The value position of entry `(r, c)`, if it is stored.
+    /// The value position of entry `(r, c)`, if it is stored (`None` also
+    /// outside the matrix).
     pub fn position(&self, r: usize, c: usize) -> Option<usize> {
+        if r >= self.rows() {
+            return None;
+        }
         let start = self.indptr()[r];
         let (columns, _) = self.row(r);
         columns.binary_search(&c).ok().map(|i| start + i)
@@ -466,6 +470,8 @@ mod tests {
         assert_eq!(m.position(1, 2), Some(2));
         assert_eq!(m.position(0, 0), None);
         assert_eq!(m.position(1, 1), None);
+        assert_eq!(m.position(2, 0), None, "a row beyond the matrix");
+        assert_eq!(m.position(0, 3), None, "a column beyond the matrix");
     }
 
     #[test]

@@ -536,7 +536,7 @@ impl SparseLearning {
                     ),
                 });
             }
-            plans.push(LayerPlan::new(view.weights, removal, growth, share));
+            plans.push(LayerPlan::new(view.weights, removed, growth, share));
         }
         Ok(plans)
     }
@@ -567,15 +567,13 @@ impl LayerPlan {
     /// regrown in the same update keeps its value and momentum: the reference
     /// library applies its mask only after growth, so such a weight never
     /// leaves. (Restarting it at zero instead cut LeNet-5's 25-weight conv1
-    /// in half at the first update.)
+    /// in half at the first update.) `removed` flags the pruned entries.
     fn new(
         weights: &SparseMatrix,
-        removals: Vec<usize>,
+        mut removed: Vec<bool>,
         mut growth: Vec<(usize, usize)>,
         share: f64,
     ) -> Self {
-        let mut removed = vec![false; weights.nnz()];
-        removals.iter().for_each(|&k| removed[k] = true);
         let before = growth.len();
         growth.retain(|&(r, c)| match weights.position(r, c) {
             Some(k) if removed[k] => {
@@ -585,7 +583,7 @@ impl LayerPlan {
             _ => true,
         });
         LayerPlan {
-            removals: removals.into_iter().filter(|&k| removed[k]).collect(),
+            removals: (0..removed.len()).filter(|&k| removed[k]).collect(),
             revived: before - growth.len(),
             growth,
             share,

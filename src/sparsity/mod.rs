@@ -11,7 +11,9 @@
 //!    layer capped at its free positions, what the caps cut off handed on to
 //!    layers with room ([`apportion`]). The total is conserved *exactly*.
 //! 4. **Grow**: each layer fills its share with positions chosen by the
-//!    [`GrowthRule`] (largest momentum of missing weights); new weights start at 0.
+//!    [`GrowthRule`] (largest momentum of missing weights); new weights start at
+//!    0, and a weight pruned in step 2 and chosen again keeps its value and
+//!    momentum (it never left, as in the reference library).
 //! 5. **Rebuild** each CSR matrix and remap its momentum buffer.
 //!
 //! The controller is [`SparseLearning`]; a method is a [`Rules`] value, and

@@ -69,11 +69,9 @@ impl<'a> Vacancies<'a> {
 
     /// Whether `(row, col)` is free.
     pub fn is_free(&self, row: usize, col: usize) -> bool {
-        let (cols, _) = self.weights.row(row);
-        match cols.binary_search(&col) {
-            Ok(i) => self.removed[self.weights.indptr()[row] + i],
-            Err(_) => true,
-        }
+        self.weights
+            .position(row, col)
+            .is_none_or(|k| self.removed[k])
     }
 
     /// Calls `f(row, col)` for every free position, row by row, columns ascending.

@@ -306,7 +306,11 @@ fn print_timings(timings: &[EpochTiming], steps: usize) {
             t.speedup_vs_dense,
             ms(t.phases.forward_backward),
             ms(t.phases.optimizer),
-            ms(t.phases.mask_updates)
+            if t.density.is_some() {
+                ms(t.phases.mask_updates)
+            } else {
+                "—".to_string()
+            }
         );
     }
 }
