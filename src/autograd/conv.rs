@@ -124,7 +124,7 @@ impl Conv2d {
             pass.accumulate(self.input, dx);
         }
         if pass.wants_factors(self.weight) {
-            let mut input = self.cols.clone();
+            let mut input = pass.pooled_copy(&self.cols);
             let skipped: Vec<bool> = self.needed.iter().map(|&needed| !needed).collect();
             if skipped.contains(&true) {
                 // The factors were asked for after the forward pass skipped

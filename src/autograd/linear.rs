@@ -109,7 +109,7 @@ impl Matmul {
             dx
         });
         let dw = self.product.weight_grad(weight, dy.view(), x.view(), pass);
-        let input = pass.wants_factors(self.weight).then(|| x.clone());
+        let input = pass.wants_factors(self.weight).then(|| pass.pooled_copy(x));
         pass.accumulate_param(self.weight, dw);
         if let Some(dx) = dx {
             pass.accumulate(self.input, dx);

@@ -149,7 +149,14 @@ impl Gradients {
         for input in self.inputs.drain(..).flatten() {
             workspace.give(input);
         }
-        self.factors.clear();
+        // The lists stay (empty) for their capacity, the factors' buffers go
+        // back for the next step's copies.
+        for factors in &mut self.factors {
+            for f in factors.drain(..) {
+                workspace.give(f.output_grad);
+                workspace.give(f.input);
+            }
+        }
         workspace.lists.gradients = self;
     }
 
@@ -436,6 +443,14 @@ impl<'t, 'p> BackwardPass<'t, 'p> {
     /// must write every value it (or a later op) reads.
     pub(crate) fn alloc(&mut self, rows: usize, cols: usize) -> Array2<f32> {
         self.workspace.array(rows, cols)
+    }
+
+    /// A copy of `a` in a buffer from the pool: for values that must outlive
+    /// the tape (gradient factors), without a fresh allocation every step.
+    pub(crate) fn pooled_copy(&mut self, a: &Array2<f32>) -> Array2<f32> {
+        let mut copy = self.alloc(a.nrows(), a.ncols());
+        copy.assign(a);
+        copy
     }
 
     /// A vector of `len` values from the pool, contents unspecified.

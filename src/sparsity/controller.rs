@@ -276,10 +276,9 @@ impl SparseLearning {
             return;
         }
         for (i, &id) in self.layers.iter().enumerate() {
-            let factors = grads.take_factors(id);
             match &mut self.dense_momentum {
-                Some(dense) => dense.accumulate(i, store.get(id).value.shape(), factors),
-                None => self.last_gradient[i] = factors,
+                Some(dense) => dense.accumulate(i, store.get(id).value.shape(), grads.factors(id)),
+                None => self.last_gradient[i] = grads.take_factors(id),
             }
         }
     }

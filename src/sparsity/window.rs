@@ -67,7 +67,7 @@ impl DenseMomentum {
         &mut self,
         layer: usize,
         (rows, cols): (usize, usize),
-        factors: Vec<GradientFactors>,
+        factors: &[GradientFactors],
     ) {
         let slot = &mut self.layers[layer];
         if let LayerMomentum::Empty = slot {
@@ -91,7 +91,7 @@ impl DenseMomentum {
                 if factors.is_empty() {
                     *buffer *= beta;
                 }
-                for f in &factors {
+                for f in factors {
                     gemm(
                         1.0,
                         f.output_grad.view(),
@@ -102,7 +102,7 @@ impl DenseMomentum {
                     beta = 1.0;
                 }
             }
-            LayerMomentum::Stacked { stack, .. } => stack.push(&factors),
+            LayerMomentum::Stacked { stack, .. } => stack.push(factors),
         }
     }
 
