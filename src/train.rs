@@ -502,7 +502,6 @@ impl Trainer {
             let update_start = Instant::now();
             self.finish_pass(&mut pass, observer)?;
             seconds += update_start.elapsed().as_secs_f64();
-            let phases = pass.phases;
             self.epochs_done = epoch;
             Ok(EpochStats {
                 epoch,
@@ -515,7 +514,7 @@ impl Trainer {
                 layers: self.layers(),
                 samples_per_second: pass.samples as f64 / seconds,
                 seconds,
-                phases,
+                phases: pass.phases,
                 mask_updates: pass.mask_updates,
             })
         })

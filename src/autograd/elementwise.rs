@@ -125,8 +125,7 @@ impl Dropout {
 impl Add {
     /// Both summands get the output's gradient.
     pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let mut copy = pass.alloc(dy.nrows(), dy.ncols());
-        copy.assign(&dy);
+        let copy = pass.pooled_copy(&dy);
         pass.accumulate(self.a, copy);
         pass.accumulate(self.b, dy);
     }

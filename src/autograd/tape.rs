@@ -445,8 +445,8 @@ impl<'t, 'p> BackwardPass<'t, 'p> {
         self.workspace.array(rows, cols)
     }
 
-    /// A copy of `a` in a buffer from the pool: for values that must outlive
-    /// the tape (gradient factors), without a fresh allocation every step.
+    /// A copy of `a` in a buffer from the pool (a gradient sent two ways, or
+    /// gradient factors that outlive the tape), without a fresh allocation.
     pub(crate) fn pooled_copy(&mut self, a: &Array2<f32>) -> Array2<f32> {
         let mut copy = self.alloc(a.nrows(), a.ncols());
         copy.assign(a);
