@@ -299,7 +299,10 @@ const TILE: usize = 16;
 ///
 /// Four rounds of interleaving rows `i` and `i + 8` byte by byte (SSE2's
 /// unpack instructions) rotate each byte's 8-bit position `(row, column)` by
-/// one bit per round, so after four the row and column bits have swapped.
+/// one bit per round: the byte at row `r₃r₂r₁r₀`, column `c₃c₂c₁c₀` moves to
+/// row `r₂r₁r₀c₃`, column `c₂c₁c₀r₃` (output row `2i + c₃` interleaves rows
+/// `i` and `i + 8`, low or high halves). After four rounds the row and
+/// column bits have swapped.
 /// A batch of 100 MNIST samples takes 17 µs with it, 30 µs with the
 /// compiler's own code for the index shuffle (9 and 22 µs with the rows
 /// already in cache).
