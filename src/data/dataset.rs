@@ -12,6 +12,8 @@
 //! transposes while it converts), convolutional ones `channels × (batch ·
 //! height · width)` ([`Dataset::gather_images`]).
 
+use std::ops::Range;
+
 use ndarray::{Array2, ArrayView2, s};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
@@ -224,6 +226,13 @@ impl Dataset {
             .expect("dataset pixels are contiguous");
         let (scale, offset) = (self.scale, self.offset);
         let mut values = reuse_buffer(batch, d * b);
+        // The ragged edges: `features` of one sample's `row` into `column`.
+        let copy_plainly =
+            |values: &mut [f32], row: &[u8], column: usize, features: Range<usize>| {
+                for f in features {
+                    values[f * b + column] = row[f] as f32 * scale + offset;
+                }
+            };
         let whole_features = d / TILE * TILE;
         let tiles = indices.chunks_exact(TILE);
         let ragged_samples = tiles.remainder();
@@ -244,16 +253,13 @@ impl Dataset {
                 }
             }
             for (t, row) in rows.iter().enumerate() {
-                for f in whole_features..d {
-                    values[f * b + first_column + t] = row[f] as f32 * scale + offset;
-                }
+                copy_plainly(&mut values, row, first_column + t, whole_features..d);
             }
         }
         let first_ragged = b - ragged_samples.len();
         for (t, &sample) in ragged_samples.iter().enumerate() {
-            for (f, &pixel) in pixels[sample * d..][..d].iter().enumerate() {
-                values[f * b + first_ragged + t] = pixel as f32 * scale + offset;
-            }
+            let row = &pixels[sample * d..][..d];
+            copy_plainly(&mut values, row, first_ragged + t, 0..d);
         }
         batch.inputs = Array2::from_shape_vec((d, b), values).expect("d · batch values");
         self.gather_labels(indices, batch);
