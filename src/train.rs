@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
+use rayon::prelude::*;
 use rayon::{ThreadPool, ThreadPoolBuilder};
 
 use crate::autograd::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels, Gradients, Tape, Workspace};
@@ -63,6 +64,19 @@ pub struct TrainConfig {
     pub init: WeightInit,
     /// Worker threads; `None` uses one per core. Results do not depend on it.
     pub threads: Option<usize>,
+    /// Parts every batch is split into, each trained on a tape of its own,
+    /// side by side on the pool's threads, their gradients then summed: the
+    /// gradient of the whole batch, summed in another order, so results
+    /// differ in rounding from one shard count to another. On a small network
+    /// this is how a second core helps most: each core keeps its part's
+    /// activations in its own cache. `None` takes one shard per thread, with
+    /// at least [`MIN_SHARD`] samples each, for a network of at most
+    /// [`MAX_SHARDED_VALUES`] stored parameters (else one); so with the
+    /// default, results depend on the thread count. The trainer records the count it chose
+    /// here, so a resumed run keeps it. A model whose layers mix samples
+    /// (batch normalisation) trains on one shard whatever this says.
+    #[serde(default = "one_shard")]
+    pub batch_shards: Option<usize>,
     /// A sparse layer denser than this computes with dense kernels (its
     /// structure stays CSR) if its products are not tiny
     /// ([`DenseKernels::above`]); `None` always uses the sparse kernels.
@@ -123,9 +137,30 @@ impl Default for TrainConfig {
             sparse: Some(SparseSettings::default()),
             init: WeightInit::default(),
             threads: None,
+            batch_shards: None,
             dense_kernels_above: Some(DEFAULT_DENSE_KERNELS_ABOVE),
         }
     }
+}
+
+/// The fewest samples an automatically chosen shard gets: below 32, a
+/// shard's rows of activations are one or two vectors long and the fixed
+/// cost of each kernel call outweighs the work. (Measured on 2 cores only:
+/// a batch of 100 in two shards trained ~1.3× faster than on one tape with
+/// each kernel split across the cores, docs/performance.md.)
+pub const MIN_SHARD: usize = 32;
+
+/// The most stored parameter values for which `batch_shards: None` splits
+/// batches. The shards' gradients are summed at every step, moving one
+/// shard's gradient from one core's cache to another's: for dense
+/// LeNet-300-100 (266 000 values, 1 MB) that cost more than sharding saved
+/// (its epoch 0.50–0.54 s on one shard, 0.58–0.60 s on two), while a sparse
+/// one at 2 % (5 700 values) gained ~20 %.
+pub const MAX_SHARDED_VALUES: usize = 1 << 17;
+
+/// Checkpoints written before shards existed trained on one.
+fn one_shard() -> Option<usize> {
+    Some(1)
 }
 
 impl TrainConfig {
@@ -169,6 +204,17 @@ impl TrainConfig {
         }
         if self.threads == Some(0) {
             return Err(Error::config("threads", "must be at least 1"));
+        }
+        if let Some(shards) = self.batch_shards
+            && !(1..=self.batch_size).contains(&shards)
+        {
+            return Err(Error::config(
+                "batch-shards",
+                format!(
+                    "{shards} is not between 1 and the batch size ({})",
+                    self.batch_size
+                ),
+            ));
         }
         if let Some(threshold) = self.dense_kernels_above
             && !(0.0..=1.0).contains(&threshold)
@@ -326,10 +372,10 @@ pub struct Trainer {
     data: Splits,
     store: ParamStore,
     model: Sequential,
-    /// Scratch buffers (activations, gradients, im2col) kept from step to step.
-    workspace: Workspace,
-    /// The batch being trained and the next one, kept from epoch to epoch.
-    batches: [Batch; 2],
+    /// One per part of the batch ([`TrainConfig::batch_shards`]).
+    shards: Vec<Shard>,
+    /// The shards' gradients of the last step, in shard order.
+    shard_grads: Vec<Gradients>,
     sgd: Sgd,
     schedule: StepLr,
     sparse: Option<SparseLearning>,
@@ -421,6 +467,19 @@ impl Trainer {
             .num_threads(config.threads.unwrap_or(0))
             .build()
             .map_err(|e| Error::config("threads", format!("cannot start the thread pool: {e}")))?;
+        let stored: usize = store.iter().map(|(_, p)| p.value.values().len()).sum();
+        let shards = match config.batch_shards {
+            _ if model.mixes_samples() => 1,
+            Some(shards) => shards,
+            None if stored > MAX_SHARDED_VALUES => 1,
+            None => (pool.current_num_threads())
+                .min(config.batch_size / MIN_SHARD)
+                .max(1),
+        };
+        let config = TrainConfig {
+            batch_shards: Some(shards),
+            ..config
+        };
         Ok(Trainer {
             pool: Arc::new(pool),
             sgd: Sgd {
@@ -437,8 +496,8 @@ impl Trainer {
             data,
             store,
             model,
-            workspace: Workspace::new(),
-            batches: Default::default(),
+            shards: (0..shards).map(|_| Shard::default()).collect(),
+            shard_grads: (0..shards).map(|_| Gradients::default()).collect(),
             sparse,
             steps_done: 0,
             epochs_done: 0,
@@ -615,36 +674,66 @@ impl Trainer {
     fn train_steps(&mut self, epoch: usize, observer: &mut impl Observer) -> Result<Pass> {
         let order = epoch_order(self.data.train.len(), self.config.seed, epoch);
         let batches: Vec<&[usize]> = order.chunks(self.config.batch_size).collect();
-        let [mut batch, mut next] = std::mem::take(&mut self.batches);
+        let mut shards = std::mem::take(&mut self.shards);
+        let mut shard_grads = std::mem::take(&mut self.shard_grads);
+        let count = shards.len();
         let images = self.takes_images();
-        gather(&self.data.train, images, batches[0], &mut batch);
+        for (s, shard) in shards.iter_mut().enumerate() {
+            let part = &batches[0][shard_range(batches[0].len(), count, s)];
+            gather(&self.data.train, images, part, &mut shard.batches[0]);
+        }
         let mut pass = Pass {
             samples: order.len(),
             ..Pass::default()
         };
         for i in 0..batches.len() {
-            // Copy the next batch out while this one trains: the copy is a
-            // transposition that would otherwise sit on the critical path.
-            let workspace = std::mem::take(&mut self.workspace);
             let start = Instant::now();
-            let (result, ()) = rayon::join(
-                || self.forward_backward(&mut batch, workspace),
-                || {
-                    if let Some(indices) = batches.get(i + 1) {
-                        gather(&self.data.train, images, indices, &mut next);
-                    }
-                },
-            );
+            let whole = batches[i].len();
+            let next = batches.get(i + 1);
+            shards
+                .par_iter_mut()
+                .zip(shard_grads.par_iter_mut())
+                .enumerate()
+                .for_each(|(s, (shard, grads))| {
+                    let [current, upcoming] = &mut shard.batches;
+                    let share = current.labels.len() as f32 / whole as f32;
+                    // Copy the next batch out while this one trains: the copy
+                    // is a transposition that would otherwise sit on the
+                    // critical path (another thread takes it if one is idle).
+                    let stream = (self.steps_done * count + s) as u64;
+                    let (result, ()) = rayon::join(
+                        || {
+                            self.forward_backward(
+                                current,
+                                &mut shard.workspace,
+                                share,
+                                stream,
+                                grads,
+                            )
+                        },
+                        || {
+                            if let Some(next) = next {
+                                let part = &next[shard_range(next.len(), count, s)];
+                                gather(&self.data.train, images, part, upcoming);
+                            }
+                        },
+                    );
+                    shard.batches.swap(0, 1);
+                    shard.result = Some(result);
+                });
             pass.phases.forward_backward += start.elapsed().as_secs_f64();
-            std::mem::swap(&mut batch, &mut next);
-            let (step_result, workspace) = result;
-            self.workspace = workspace;
+            let mut step_result = StepResult::default();
+            for shard in &mut shards {
+                let part = shard.result.take().transpose()?.unwrap_or_default();
+                step_result.loss += part.loss;
+                step_result.hits += part.hits;
+                step_result.state_updates.extend(part.state_updates);
+            }
             let StepResult {
                 loss,
                 hits,
-                mut grads,
                 state_updates,
-            } = step_result?;
+            } = step_result;
             if !loss.is_finite() {
                 return Err(Error::NonFiniteLoss {
                     value: loss,
@@ -653,16 +742,22 @@ impl Trainer {
                 });
             }
             let start = Instant::now();
+            let (total, others) = shard_grads.split_first_mut().expect("at least one shard");
+            for other in others.iter() {
+                total.add_param_grads(other);
+            }
             let step = self.steps_done;
             self.sgd
-                .step(&mut self.store, &grads, self.schedule.lr(step))?;
+                .step(&mut self.store, total, self.schedule.lr(step))?;
             self.store.apply_state_updates(state_updates);
             self.steps_done += 1;
             let update_due = self.sparse.as_mut().is_some_and(|sparse| {
-                sparse.observe(&self.store, &mut grads, step);
+                sparse.observe(&self.store, &mut shard_grads, step);
                 sparse.updates_after(step)
             });
-            grads.recycle(&mut self.workspace);
+            for (shard, grads) in shards.iter_mut().zip(&mut shard_grads) {
+                std::mem::take(grads).recycle(&mut shard.workspace);
+            }
             pass.phases.optimizer += start.elapsed().as_secs_f64();
             if update_due {
                 if i + 1 < batches.len() {
@@ -681,23 +776,35 @@ impl Trainer {
                 loss,
             });
         }
-        self.batches = [batch, next];
+        self.shards = shards;
+        self.shard_grads = shard_grads;
         Ok(pass)
     }
 
-    /// The loss, the number of correct predictions, and the gradients of one
-    /// batch. The batch's inputs move onto the tape and back (no copy); the
-    /// workspace comes back whatever happened.
+    /// One shard's part of a step: its loss (weighted by `share`, its part
+    /// of the batch, so the shards' losses add up to the batch's mean), its
+    /// correct predictions, and into `grads` the gradients of that weighted
+    /// loss; dropout draws from random stream `stream`. The inputs move onto
+    /// the tape and back (no copy); the workspace comes back whatever
+    /// happened. An empty part (a last batch smaller than the shard count)
+    /// computes nothing.
     fn forward_backward(
         &self,
         batch: &mut Batch,
-        workspace: Workspace,
-    ) -> (Result<StepResult>, Workspace) {
-        let mut tape = Tape::with_workspace(&self.store, workspace);
+        workspace: &mut Workspace,
+        share: f32,
+        stream: u64,
+        grads: &mut Gradients,
+    ) -> Result<StepResult> {
+        if batch.labels.is_empty() {
+            return Ok(StepResult::default());
+        }
+        let mut tape = Tape::with_workspace(&self.store, std::mem::take(workspace));
         tape.set_dense_kernels(self.config.dense_kernels_above.map(DenseKernels::above));
-        // Dropout's random numbers: one stream per step, so a resumed run draws the same.
+        // Dropout's random numbers: one stream per step and shard, so a
+        // resumed run draws the same.
         let mut dropout_rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ DROPOUT_SEED);
-        dropout_rng.set_stream(self.steps_done as u64);
+        dropout_rng.set_stream(stream);
         tape.set_rng(dropout_rng);
         if let Some(sparse) = &self.sparse {
             sparse.prepare(&mut tape, self.steps_done);
@@ -709,16 +816,18 @@ impl Trainer {
                 .filter(|&(j, &label)| predicted_class(tape.value(logits), j) == label)
                 .count();
             let loss_var = tape.softmax_cross_entropy(logits, &batch.labels)?;
-            let grads = tape.backward(loss_var)?;
+            let mut seed = tape.workspace().array(1, 1);
+            seed[(0, 0)] = share;
+            *grads = tape.backward_with_seed(loss_var, seed)?;
             Ok(StepResult {
-                loss: tape.value(loss_var)[(0, 0)],
+                loss: tape.value(loss_var)[(0, 0)] * share,
                 hits,
-                grads,
                 state_updates: tape.take_state_updates(),
             })
         })();
         batch.inputs = tape.take_value(x);
-        (result, tape.into_workspace())
+        *workspace = tape.into_workspace();
+        result
     }
 
     /// Whether the model takes images (else feature vectors).
@@ -805,7 +914,13 @@ impl Trainer {
         &self.model
     }
 
-    /// Threads in the trainer's pool.
+    /// Parts each batch trains in ([`TrainConfig::batch_shards`], or 1 for a
+    /// model that mixes samples).
+    pub fn batch_shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Worker threads of the trainer's pool.
     pub fn threads(&self) -> usize {
         self.pool.current_num_threads()
     }
@@ -898,12 +1013,44 @@ fn weight_kinds(
 /// Seeds dropout's random numbers apart from shuffling's (same seed, other bits).
 const DROPOUT_SEED: u64 = 0xD0_0D;
 
-/// What one training step computed.
+/// What one training step (or one shard's part of it) computed, besides gradients.
+#[derive(Default)]
 struct StepResult {
     loss: f32,
     hits: usize,
-    grads: Gradients,
     state_updates: Vec<(crate::params::ParamId, ndarray::Array2<f32>)>,
+}
+
+/// One part of every batch and what it needs to train on a tape of its own
+/// (see [`TrainConfig::batch_shards`]).
+#[derive(Default)]
+struct Shard {
+    /// Scratch buffers (activations, gradients, im2col) kept from step to step.
+    workspace: Workspace,
+    /// This shard's part of the batch being trained and of the next one,
+    /// kept from epoch to epoch.
+    batches: [Batch; 2],
+    /// What its part of the last step computed, until it is collected.
+    result: Option<Result<StepResult>>,
+}
+
+/// The samples of a batch of `len` that shard `s` of `shards` trains.
+///
+/// Every part but the last starts at a multiple of 16 samples when the batch
+/// is big enough: activations are stored batch-inner, so a part of 16·k
+/// samples fills whole 16-float vectors. A batch of 100 splits 48 + 52,
+/// 3 + 4 vectors per row as the whole batch's 7, where 50 + 50 would take 8.
+fn shard_range(len: usize, shards: usize, s: usize) -> std::ops::Range<usize> {
+    const VECTOR: usize = 16;
+    let boundary = |s: usize| {
+        let even = s * len / shards;
+        if s == shards || len < VECTOR * shards {
+            even
+        } else {
+            even / VECTOR * VECTOR
+        }
+    };
+    boundary(s)..boundary(s + 1)
 }
 
 /// Copies samples `indices` of `data` into `batch` in the model's layout.
@@ -948,4 +1095,25 @@ fn predicted_class(logits: &ndarray::Array2<f32>, j: usize) -> usize {
         }
     }
     best.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard_range;
+
+    #[test]
+    fn shards_cover_the_batch_in_whole_vectors() {
+        let parts = |len, shards| {
+            (0..shards)
+                .map(|s| shard_range(len, shards, s))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(parts(100, 2), [0..48, 48..100]);
+        assert_eq!(parts(100, 3), [0..32, 32..64, 64..100]);
+        assert_eq!(parts(64, 2), [0..32, 32..64]);
+        assert_eq!(shard_range(100, 1, 0), 0..100);
+        // Small batches split evenly; a shard may be empty.
+        assert_eq!(parts(10, 2), [0..5, 5..10]);
+        assert_eq!(parts(1, 2), [0..0, 0..1]);
+    }
 }

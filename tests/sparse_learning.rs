@@ -78,7 +78,7 @@ fn sgd_step(
         weight_decay: 5e-4,
     };
     sgd.step(store, &grads, 0.05).unwrap();
-    controller.observe(store, &mut grads, step);
+    controller.observe(store, std::slice::from_mut(&mut grads), step);
     controller.updates_after(step)
 }
 
@@ -410,7 +410,7 @@ fn a_rule_that_breaks_its_contract_is_an_error_not_a_corruption() {
             let loss = tape.softmax_cross_entropy(logits, &labels).unwrap();
             tape.backward(loss).unwrap()
         };
-        controller.observe(&store, &mut grads, 4);
+        controller.observe(&store, std::slice::from_mut(&mut grads), 4);
         assert!(controller.updates_after(4));
         let err = controller.update_masks(&mut store, 5).unwrap_err();
         assert!(err.to_string().contains(expected), "{err}");

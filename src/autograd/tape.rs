@@ -16,6 +16,7 @@
 
 use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
+use rayon::prelude::*;
 
 use super::conv::Conv2d;
 use super::elementwise::{Add, Dropout, Relu};
@@ -27,6 +28,11 @@ use super::weight_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels, WeightPro
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamStore, ParamValue};
+
+/// Elements per task when an elementwise pass over a parameter's values or
+/// gradient is split across threads: 128 kB of `f32`, so only big dense
+/// layers split (a task costs a few microseconds to hand over).
+pub(crate) const PARALLEL_CHUNK: usize = 1 << 15;
 
 /// A value on the tape (an index into its nodes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,13 +96,25 @@ impl ParamGrad {
         }
     }
 
-    fn add_assign(&mut self, other: ParamGrad) {
-        match (self, other) {
-            (ParamGrad::Dense(a), ParamGrad::Dense(b)) => *a += &b,
-            (ParamGrad::Sparse(a), ParamGrad::Sparse(b)) => {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-            }
-            _ => unreachable!("a parameter is either dense or sparse for the whole pass"),
+    fn values_mut(&mut self) -> &mut [f32] {
+        match self {
+            ParamGrad::Dense(a) => a.as_slice_mut().expect("gradients are contiguous"),
+            ParamGrad::Sparse(v) => v,
+        }
+    }
+
+    /// Adds `other` (of the same parameter), split across the threads if long.
+    fn add_assign(&mut self, other: &ParamGrad) {
+        (self.values_mut().par_chunks_mut(PARALLEL_CHUNK))
+            .zip(other.values().par_chunks(PARALLEL_CHUNK))
+            .for_each(|(mine, theirs)| mine.iter_mut().zip(theirs).for_each(|(x, y)| *x += y));
+    }
+
+    /// Gives the buffer back to `workspace`.
+    fn recycle(self, workspace: &mut Workspace) {
+        match self {
+            ParamGrad::Dense(array) => workspace.give(array),
+            ParamGrad::Sparse(values) => workspace.give_vec(values),
         }
     }
 }
@@ -141,10 +159,7 @@ impl Gradients {
     /// `workspace`, for the next step.
     pub fn recycle(mut self, workspace: &mut Workspace) {
         for grad in self.params.drain(..).flatten() {
-            match grad {
-                ParamGrad::Dense(array) => workspace.give(array),
-                ParamGrad::Sparse(values) => workspace.give_vec(values),
-            }
+            grad.recycle(workspace);
         }
         for input in self.inputs.drain(..).flatten() {
             workspace.give(input);
@@ -158,6 +173,22 @@ impl Gradients {
             }
         }
         workspace.lists.gradients = self;
+    }
+
+    /// Adds the parameter gradients of `other` to these: the gradients of the
+    /// loss summed over two parts of a batch, each part on its own tape.
+    /// Input gradients and factors stay where they are.
+    pub fn add_param_grads(&mut self, other: &Gradients) {
+        if self.params.len() < other.params.len() {
+            self.params.resize(other.params.len(), None);
+        }
+        for (mine, theirs) in self.params.iter_mut().zip(&other.params) {
+            match (mine, theirs) {
+                (Some(mine), Some(theirs)) => mine.add_assign(theirs),
+                (mine @ None, Some(theirs)) => *mine = Some(theirs.clone()),
+                (_, None) => {}
+            }
+        }
     }
 
     /// Moves the dense-gradient factors of `id` out (no copy).
@@ -482,7 +513,10 @@ impl<'t, 'p> BackwardPass<'t, 'p> {
     /// Adds `grad` into parameter `id`'s gradient.
     pub(crate) fn accumulate_param(&mut self, id: ParamId, grad: ParamGrad) {
         match &mut self.grads.params[id.0] {
-            Some(existing) => existing.add_assign(grad),
+            Some(existing) => {
+                existing.add_assign(&grad);
+                grad.recycle(self.workspace);
+            }
             slot @ None => *slot = Some(grad),
         }
     }

@@ -99,6 +99,13 @@ pub trait Layer: std::fmt::Debug + Send + Sync {
     fn weights(&self) -> Vec<ParamId> {
         Vec::new()
     }
+
+    /// Whether one sample's output depends on the other samples of the
+    /// batch (batch normalisation's statistics). Such a network cannot split
+    /// a batch into shards that run apart ([`crate::train::TrainConfig::batch_shards`]).
+    fn mixes_samples(&self) -> bool {
+        false
+    }
 }
 
 /// The error a layer gives for an input that is not an image.

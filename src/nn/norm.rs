@@ -57,4 +57,8 @@ impl Layer for BatchNorm {
     fn forward(&self, tape: &mut Tape, x: Var, _input: ActivationShape) -> Result<Var> {
         tape.batch_norm(x, &self.params)
     }
+
+    fn mixes_samples(&self) -> bool {
+        true
+    }
 }

@@ -118,6 +118,10 @@ impl Layer for Sequential {
     fn weights(&self) -> Vec<ParamId> {
         self.layers.iter().flat_map(|l| l.weights()).collect()
     }
+
+    fn mixes_samples(&self) -> bool {
+        self.layers.iter().any(|l| l.mixes_samples())
+    }
 }
 
 /// `y = body(h) + shortcut(h)` with `h = pre(x)`, where a missing shortcut is
@@ -206,5 +210,11 @@ impl Layer for Residual {
             weights.extend(shortcut.weights());
         }
         weights
+    }
+
+    fn mixes_samples(&self) -> bool {
+        self.pre.mixes_samples()
+            || self.body.mixes_samples()
+            || self.shortcut.as_ref().is_some_and(|s| s.mixes_samples())
     }
 }

@@ -1,6 +1,8 @@
 //! Stochastic gradient descent with momentum, Nesterov and weight decay.
 
-use crate::autograd::Gradients;
+use rayon::prelude::*;
+
+use crate::autograd::{Gradients, PARALLEL_CHUNK};
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
 
@@ -46,17 +48,26 @@ impl Sgd {
                 "gradient of `{}` is misaligned",
                 param.name
             );
-            for ((w, m), &g) in values.iter_mut().zip(&mut param.momentum).zip(grad) {
-                let g = g + self.weight_decay * *w;
-                *m = self.momentum * *m + g;
-                let step = if self.nesterov {
-                    g + self.momentum * *m
-                } else {
-                    *m
-                };
-                *w -= lr * step;
-            }
+            // A big dense layer's update is split across the threads; every
+            // value's arithmetic is the same either way.
+            (values.par_chunks_mut(PARALLEL_CHUNK))
+                .zip(param.momentum.par_chunks_mut(PARALLEL_CHUNK))
+                .zip(grad.par_chunks(PARALLEL_CHUNK))
+                .for_each(|((values, momentum), grad)| self.update(values, momentum, grad, lr));
         }
         Ok(())
+    }
+
+    fn update(&self, values: &mut [f32], momentum: &mut [f32], grad: &[f32], lr: f32) {
+        for ((w, m), &g) in values.iter_mut().zip(momentum).zip(grad) {
+            let g = g + self.weight_decay * *w;
+            *m = self.momentum * *m + g;
+            let step = if self.nesterov {
+                g + self.momentum * *m
+            } else {
+                *m
+            };
+            *w -= lr * step;
+        }
     }
 }

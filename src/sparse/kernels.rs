@@ -85,6 +85,7 @@ pub fn spmm_using(
             source: x,
             stride: batch,
             out,
+            accumulate: false,
         };
         weighted_sums(isa, block, &entries);
     });
@@ -147,6 +148,7 @@ pub fn spmm_transposed_using(
                 source: dy,
                 stride: batch,
                 out,
+                accumulate: false,
             };
             weighted_sums(isa, block, &entries);
         },
@@ -208,6 +210,36 @@ pub fn sddmm_using(
         };
         dot_products(isa, block, grad);
     });
+}
+
+/// `out[j, :] += Σ w · source[i, :]` over the `(w, i)` of `entries(j)`, for
+/// every row `j` of `out`, on the calling thread: [`spmm`]'s inner loop,
+/// accumulating, for callers that make their entries on the fly (the dense
+/// momentum of missing weights, in `crate::sparsity`).
+///
+/// # Panics
+/// If `source` and `out` differ in width, an array is not row-major, or an
+/// entry names a row beyond `source`.
+pub(crate) fn add_weighted_rows<I>(
+    entries: &impl Fn(usize) -> I,
+    source: ArrayView2<f32>,
+    out: ArrayViewMut2<f32>,
+) where
+    I: Iterator<Item = (f32, usize)> + Clone,
+{
+    let width = source.ncols();
+    assert_eq!(out.ncols(), width, "add_weighted_rows: widths differ");
+    let block = SumBlock {
+        rows: 0..out.nrows(),
+        cols: 0..width,
+        source: source
+            .to_slice()
+            .expect("add_weighted_rows: source must be row-major and contiguous"),
+        stride: width,
+        out,
+        accumulate: true,
+    };
+    weighted_sums(InstructionSet::best(), block, entries);
 }
 
 /// Splits `out` (rows `rows`, columns `cols` of the output) into blocks and

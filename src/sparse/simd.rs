@@ -453,6 +453,8 @@ pub(super) struct SumBlock<'a> {
     pub stride: usize,
     /// `rows.len() × cols.len()`, each row contiguous.
     pub out: ndarray::ArrayViewMut2<'a, f32>,
+    /// Add the sums to what `out` holds instead of overwriting it.
+    pub accumulate: bool,
 }
 
 /// One task of the weight gradient: for each stored entry `(r, c)` of rows
@@ -617,17 +619,24 @@ unsafe fn chunk_sums<V: Vector, I, const N: usize>(
             block.source[i * block.stride + start..].as_ptr()
         };
         // SAFETY: `V` is available; every load reads `width` floats of one
-        // source row (checked above), every store writes `width` floats of
-        // output row `n`, whose columns `start − cols.start ..` lie in `out`.
+        // source row (checked above) or of output row `n`, every store writes
+        // `width` floats of output row `n`, whose columns `start − cols.start
+        // ..` lie in `out`.
         unsafe {
+            let row = out.offset(n as isize * row_stride + (start - block.cols.start) as isize);
             let (mut even, mut odd) = ([V::zero(); N], [V::zero(); N]);
+            if block.accumulate {
+                for (v, sum) in even.iter_mut().enumerate() {
+                    let (offset, lanes) = last.place(v, N, V::LANES);
+                    *sum = V::load(row.add(offset), lanes);
+                }
+            }
             let mut entries = entries(r);
             while let Some((w, i)) = entries.next() {
                 accumulate(&mut even, w, source_row(i), last);
                 let Some((w, i)) = entries.next() else { break };
                 accumulate(&mut odd, w, source_row(i), last);
             }
-            let row = out.offset(n as isize * row_stride + (start - block.cols.start) as isize);
             for v in 0..N {
                 let (offset, lanes) = last.place(v, N, V::LANES);
                 V::add(even[v], odd[v]).store(row.add(offset), lanes);

@@ -269,16 +269,23 @@ impl SparseLearning {
         }
     }
 
-    /// Call after optimizer step `step` (0-based): takes the step's gradient
-    /// factors if growth needs them.
-    pub fn observe(&mut self, store: &ParamStore, grads: &mut Gradients, step: usize) {
+    /// Call after optimizer step `step` (0-based) with the step's gradients,
+    /// one per shard of its batch (a slice of one for a batch on one tape):
+    /// takes their gradient factors if growth needs them.
+    pub fn observe(&mut self, store: &ParamStore, shards: &mut [Gradients], step: usize) {
         if !self.collects_gradients(step) {
             return;
         }
         for (i, &id) in self.layers.iter().enumerate() {
             match &mut self.dense_momentum {
-                Some(dense) => dense.accumulate(i, store.get(id).value.shape(), grads.factors(id)),
-                None => self.last_gradient[i] = grads.take_factors(id),
+                Some(dense) => {
+                    let factors = shards.iter().flat_map(|g| g.factors(id));
+                    dense.accumulate(i, store.get(id).value.shape(), factors);
+                }
+                None => {
+                    self.last_gradient[i] =
+                        shards.iter_mut().flat_map(|g| g.take_factors(id)).collect();
+                }
             }
         }
     }

@@ -121,6 +121,11 @@ pub struct TrainArgs {
     /// Samples per step.
     #[arg(long, default_value_t = 100)]
     pub batch_size: usize,
+    /// Split every batch into N parts trained side by side, their gradients
+    /// summed [default: one per thread, at least 32 samples each; 1 for
+    /// networks with batch norm]. Results differ in rounding with N.
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub batch_shards: Option<usize>,
     /// Seed for initialisation, shuffling and randomised rules.
     #[arg(long, default_value_t = 17)]
     pub seed: u64,
@@ -155,6 +160,7 @@ impl TrainArgs {
             model: self.model.clone(),
             epochs: self.epochs.unwrap_or(DEFAULT_EPOCHS),
             batch_size: self.batch_size,
+            batch_shards: self.batch_shards,
             lr: self.lr(),
             seed: self.seed,
             validation_fraction: self.validation_fraction,
@@ -369,6 +375,9 @@ impl TrainArgs {
         if let Some(n) = self.train_samples {
             set("train-samples", (n as i64).into());
         }
+        if let Some(n) = self.batch_shards {
+            set("batch-shards", (n as i64).into());
+        }
         toml::to_string(&table).expect("a table of plain values serialises")
     }
 
@@ -511,6 +520,9 @@ pub struct TrainBenchArgs {
     /// Batch size.
     #[arg(long, value_parser = parse_positive, default_value = "100")]
     pub batch_size: usize,
+    /// As for `train`: parts of a batch trained side by side [default: one per thread].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub batch_shards: Option<usize>,
     /// Train on the first N training samples only (shorter epochs).
     #[arg(long, value_name = "N")]
     pub train_samples: Option<usize>,

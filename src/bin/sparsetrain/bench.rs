@@ -242,6 +242,7 @@ fn bench_train(args: TrainBenchArgs) -> CliResult {
         let base = TrainConfig {
             model: model.clone(),
             batch_size: args.batch_size,
+            batch_shards: args.batch_shards,
             threads: args.common.threads,
             train_samples: args.train_samples,
             dense_kernels_above: args.dense_kernels_above.0,

@@ -60,11 +60,13 @@ pub fn print_banner(trainer: &Trainer, args: &TrainArgs, run_dir: &Path) {
         100.0 * nnz as f64 / total as f64
     );
     say!(
-        "  samples: train {} · validation {} · test {}; batch {}, {} epochs, lr {} (×{} every {} steps), seed {}, threads {}",
+        "  samples: train {} · validation {} · test {}; batch {} in {} shard{}, {} epochs, lr {} (×{} every {} steps), seed {}, threads {}",
         data.train.len(),
         data.validation.len(),
         data.test.len(),
         config.batch_size,
+        trainer.batch_shards(),
+        if trainer.batch_shards() == 1 { "" } else { "s" },
         config.epochs,
         config.lr,
         config.lr_decay_factor,
