@@ -62,7 +62,8 @@ pub struct TrainConfig {
     pub sparse: Option<SparseSettings>,
     /// Scale of the initial weights.
     pub init: WeightInit,
-    /// Worker threads; `None` uses one per core. Results do not depend on it.
+    /// Worker threads; `None` uses one per core. Results do not depend on it
+    /// at a fixed `batch_shards` (whose default does).
     pub threads: Option<usize>,
     /// Parts every batch is split into, each trained on a tape of its own,
     /// side by side on the pool's threads, their gradients then summed: the

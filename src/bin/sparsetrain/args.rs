@@ -23,7 +23,8 @@ pub struct CommonArgs {
     /// Directory with the four MNIST-format IDX files (raw or .gz).
     #[arg(long, default_value = "data", value_name = "DIR")]
     pub data: PathBuf,
-    /// Worker threads (default: one per core). Results are identical for any count.
+    /// Worker threads (default: one per core). Results are identical for any
+    /// count at a fixed `--batch-shards` (whose default follows it).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Also print the result as one JSON object on its own line.
