@@ -434,6 +434,9 @@ impl SparseInputStack {
         for f in factors {
             let first = self.samples();
             let batch = f.output_grad.ncols();
+            if batch == 0 {
+                continue;
+            }
             self.grad_rows.resize((first + batch) * rows, 0.0);
             let transposed = &mut self.grad_rows[first * rows..];
             // 16 rows at a time, so each sample's writes fill one cache line.
