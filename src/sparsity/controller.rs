@@ -276,15 +276,11 @@ impl SparseLearning {
         if !self.collects_gradients(step) {
             return;
         }
-        for (i, &id) in self.layers.iter().enumerate() {
-            match &mut self.dense_momentum {
-                Some(dense) => {
-                    let factors = shards.iter().flat_map(|g| g.factors(id));
-                    dense.accumulate(i, store.get(id).value.shape(), factors);
-                }
-                None => {
-                    self.last_gradient[i] =
-                        shards.iter_mut().flat_map(|g| g.take_factors(id)).collect();
+        match &mut self.dense_momentum {
+            Some(dense) => dense.accumulate(&self.layers, store, shards),
+            None => {
+                for (last, &id) in self.last_gradient.iter_mut().zip(&self.layers) {
+                    *last = shards.iter_mut().flat_map(|g| g.take_factors(id)).collect();
                 }
             }
         }

@@ -9,10 +9,11 @@ use ndarray::{Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
 use super::rules::MomentumWindow;
-use crate::autograd::GradientFactors;
+use crate::autograd::{GradientFactors, Gradients};
 use crate::checkpoint::{Checkpoint, Contents, Tensor};
 use crate::dense::gemm;
 use crate::error::{Error, Result};
+use crate::params::{ParamId, ParamStore};
 use crate::sparse::add_weighted_rows;
 
 /// A window stacks a layer's inputs sparsely ([`SparseInputStack`]) when at
@@ -32,14 +33,21 @@ const SAMPLE_BLOCK: usize = 256;
 /// every position at the next mask update.
 #[derive(Debug)]
 pub(crate) struct DenseMomentum {
+    layers: Vec<LayerWindow>,
+}
+
+/// One layer's part of [`DenseMomentum`]: layers are independent, so a step
+/// collects them in parallel.
+#[derive(Debug)]
+struct LayerWindow {
     decay: f32,
     /// Keep the momentum from one update to the next (the exact reference)
     /// instead of starting every window from zero.
     persistent: bool,
-    layers: Vec<LayerMomentum>,
-    /// Each layer's factor buffers between windows, kept for reuse.
-    spare_stacks: Vec<FactorStack>,
-    spare_sparse_stacks: Vec<SparseInputStack>,
+    momentum: LayerMomentum,
+    /// The stacks' buffers between windows, kept for reuse.
+    spare_stack: FactorStack,
+    spare_sparse_stack: SparseInputStack,
 }
 
 /// One layer's dense momentum in one window, in the smaller of two forms.
@@ -76,85 +84,57 @@ enum LayerMomentum {
 
 impl DenseMomentum {
     pub(crate) fn new(window: MomentumWindow, decay: f32, layers: usize) -> Self {
-        DenseMomentum {
+        let layer = || LayerWindow {
             decay,
             persistent: window == MomentumWindow::EveryStep,
-            layers: (0..layers).map(|_| LayerMomentum::Empty).collect(),
-            spare_stacks: (0..layers).map(|_| FactorStack::default()).collect(),
-            spare_sparse_stacks: (0..layers).map(|_| SparseInputStack::default()).collect(),
+            momentum: LayerMomentum::Empty,
+            spare_stack: FactorStack::default(),
+            spare_sparse_stack: SparseInputStack::default(),
+        };
+        DenseMomentum {
+            layers: (0..layers).map(|_| layer()).collect(),
         }
     }
 
-    /// Adds one step's gradient of layer `layer` (as factors; several pairs if
-    /// the weight was used several times, none if it was not used).
-    pub(crate) fn accumulate<'g>(
+    /// Adds one step's gradients of every layer: `layers[i]` is layer `i`'s
+    /// weight, `shards` the step's gradients (one per shard of the batch).
+    /// The layers are collected in parallel, each as it would be alone.
+    pub(crate) fn accumulate(
         &mut self,
-        layer: usize,
-        (rows, cols): (usize, usize),
-        factors: impl Iterator<Item = &'g GradientFactors> + Clone,
+        layers: &[ParamId],
+        store: &ParamStore,
+        shards: &[Gradients],
     ) {
-        let slot = &mut self.layers[layer];
-        if let LayerMomentum::Empty = slot {
-            let width: usize = factors.clone().map(|f| f.output_grad.ncols()).sum();
-            if width == 0 {
-                return; // No gradient yet: the momentum is still zero.
-            }
-            *slot = if self.persistent || rows * cols <= (rows + cols) * width {
-                LayerMomentum::Running(Array2::zeros((rows, cols)))
-            } else if off_background_fraction(factors.clone()) <= SPARSE_INPUTS_BELOW {
-                LayerMomentum::SparseInputs {
-                    stack: std::mem::take(&mut self.spare_sparse_stacks[layer]),
-                    momentum: None,
-                }
-            } else {
-                LayerMomentum::Stacked {
-                    stack: std::mem::take(&mut self.spare_stacks[layer]),
-                    momentum: None,
-                }
-            };
-        }
-        match slot {
-            LayerMomentum::Empty => unreachable!("chosen above"),
-            LayerMomentum::SparseInputs { stack, .. } => stack.push(factors, (rows, cols)),
-            LayerMomentum::Running(buffer) => {
-                let mut beta = self.decay;
-                if factors.clone().next().is_none() {
-                    *buffer *= beta;
-                }
-                for f in factors {
-                    gemm(
-                        1.0,
-                        f.output_grad.view(),
-                        f.input.t(),
-                        beta,
-                        buffer.view_mut(),
-                    );
-                    beta = 1.0;
-                }
-            }
-            LayerMomentum::Stacked { stack, .. } => stack.push(factors),
-        }
+        self.layers
+            .par_iter_mut()
+            .zip(layers)
+            .for_each(|(window, &id)| {
+                let factors = shards.iter().flat_map(|g| g.factors(id));
+                window.accumulate(store.get(id).value.shape(), factors);
+            });
     }
 
     /// Makes every layer's momentum ready for [`DenseMomentum::get`]: the
     /// stacked windows are multiplied out; a layer that saw no gradient gets zeros.
     pub(crate) fn materialize(&mut self, shapes: &[(usize, usize)]) {
-        for (slot, &shape) in self.layers.iter_mut().zip(shapes) {
-            match slot {
-                LayerMomentum::Empty => *slot = LayerMomentum::Running(Array2::zeros(shape)),
+        for (layer, &shape) in self.layers.iter_mut().zip(shapes) {
+            match &mut layer.momentum {
+                LayerMomentum::Empty => {
+                    layer.momentum = LayerMomentum::Running(Array2::zeros(shape))
+                }
                 LayerMomentum::Running(_) => {}
                 LayerMomentum::Stacked { stack, momentum } => {
-                    *momentum = Some(stack.momentum(self.decay, shape));
+                    *momentum = Some(stack.momentum(layer.decay, shape));
                 }
                 LayerMomentum::SparseInputs { stack, momentum } => {
-                    *momentum = Some(stack.momentum(self.decay, shape));
+                    *momentum = Some(stack.momentum(layer.decay, shape));
                 }
             }
         }
     }
 
     pub(crate) fn get(&self, layer: usize) -> Option<ArrayView2<'_, f32>> {
-        match &self.layers[layer] {
+        match &self.layers[layer].momentum {
             LayerMomentum::Running(m)
             | LayerMomentum::Stacked {
                 momentum: Some(m), ..
@@ -172,7 +152,7 @@ impl DenseMomentum {
             Tensor::F32(vec![a.nrows(), a.ncols()], a.iter().copied().collect())
         };
         for (i, layer) in self.layers.iter().enumerate() {
-            match layer {
+            match &layer.momentum {
                 LayerMomentum::Empty => {}
                 LayerMomentum::Running(m) => contents.tensors.push((
                     format!("sparse_learning.momentum.{i}"),
@@ -228,9 +208,9 @@ impl DenseMomentum {
                 ))),
             }
         };
-        for (i, (slot, &(rows, cols))) in self.layers.iter_mut().zip(shapes).enumerate() {
+        for (i, (layer, &(rows, cols))) in self.layers.iter_mut().zip(shapes).enumerate() {
             let key = |part: &str| format!("sparse_learning.window.{i}.{part}");
-            *slot = if let Some(m) =
+            layer.momentum = if let Some(m) =
                 array(&format!("sparse_learning.momentum.{i}"), rows, Some(cols))?
             {
                 LayerMomentum::Running(m)
@@ -275,21 +255,70 @@ impl DenseMomentum {
     /// Ends a window: every layer starts the next one empty (a stack's
     /// buffers are kept for reuse), unless the momentum is persistent.
     pub(crate) fn end_window(&mut self) {
-        if self.persistent {
-            return;
-        }
-        for (i, slot) in self.layers.iter_mut().enumerate() {
-            match std::mem::take(slot) {
+        for layer in self.layers.iter_mut().filter(|layer| !layer.persistent) {
+            match std::mem::take(&mut layer.momentum) {
                 LayerMomentum::Stacked { mut stack, .. } => {
                     stack.clear();
-                    self.spare_stacks[i] = stack;
+                    layer.spare_stack = stack;
                 }
                 LayerMomentum::SparseInputs { mut stack, .. } => {
                     stack.clear();
-                    self.spare_sparse_stacks[i] = stack;
+                    layer.spare_sparse_stack = stack;
                 }
                 _ => {}
             }
+        }
+    }
+}
+
+impl LayerWindow {
+    /// Adds one step's gradient of a `rows × cols` layer (as factors; several
+    /// pairs if the weight was used several times, none if it was not used).
+    fn accumulate<'g>(
+        &mut self,
+        (rows, cols): (usize, usize),
+        factors: impl Iterator<Item = &'g GradientFactors> + Clone,
+    ) {
+        let slot = &mut self.momentum;
+        if let LayerMomentum::Empty = slot {
+            let width: usize = factors.clone().map(|f| f.output_grad.ncols()).sum();
+            if width == 0 {
+                return; // No gradient yet: the momentum is still zero.
+            }
+            *slot = if self.persistent || rows * cols <= (rows + cols) * width {
+                LayerMomentum::Running(Array2::zeros((rows, cols)))
+            } else if off_background_fraction(factors.clone()) <= SPARSE_INPUTS_BELOW {
+                LayerMomentum::SparseInputs {
+                    stack: std::mem::take(&mut self.spare_sparse_stack),
+                    momentum: None,
+                }
+            } else {
+                LayerMomentum::Stacked {
+                    stack: std::mem::take(&mut self.spare_stack),
+                    momentum: None,
+                }
+            };
+        }
+        match slot {
+            LayerMomentum::Empty => unreachable!("chosen above"),
+            LayerMomentum::SparseInputs { stack, .. } => stack.push(factors, (rows, cols)),
+            LayerMomentum::Running(buffer) => {
+                let mut beta = self.decay;
+                if factors.clone().next().is_none() {
+                    *buffer *= beta;
+                }
+                for f in factors {
+                    gemm(
+                        1.0,
+                        f.output_grad.view(),
+                        f.input.t(),
+                        beta,
+                        buffer.view_mut(),
+                    );
+                    beta = 1.0;
+                }
+            }
+            LayerMomentum::Stacked { stack, .. } => stack.push(factors),
         }
     }
 }
@@ -400,11 +429,19 @@ fn minimum<'g>(factors: impl Iterator<Item = &'g GradientFactors>) -> f32 {
 pub(crate) struct SparseInputStack {
     /// The layer's outputs: the length of a row of `grad_rows`.
     rows: usize,
+    /// The layer's inputs.
+    cols: usize,
     /// `dYᵀ`: row `k` holds the output gradients of sample `k` of the window.
     grad_rows: Vec<f32>,
-    /// Per input feature, `(sample, x − b)` where it is off the background,
-    /// in sample order.
-    features: Vec<Vec<(u32, f32)>>,
+    /// `(sample, x − b)` of every input off the background, in parts (one
+    /// per factor pair pushed, so a step appends to one buffer instead of
+    /// one per feature), a part's entries grouped by feature in sample order.
+    entries: Vec<(u32, f32)>,
+    /// Per part, `cols + 1` offsets into `entries`: feature `j` of part `p`
+    /// is `entries[bounds[p·(cols+1) + j]..bounds[p·(cols+1) + j + 1]]`.
+    bounds: Vec<usize>,
+    /// The first sample of every part; a part ends where the next begins.
+    part_starts: Vec<usize>,
     /// The first sample of every step.
     step_starts: Vec<usize>,
     /// `b`: the smallest input of the window's first step. Any value would
@@ -418,6 +455,13 @@ impl SparseInputStack {
         self.grad_rows.len() / self.rows.max(1)
     }
 
+    /// The stored inputs of feature `j`, in sample order.
+    fn feature(&self, j: usize) -> impl Iterator<Item = &(u32, f32)> + Clone {
+        self.bounds
+            .chunks_exact(self.cols + 1)
+            .flat_map(move |part| &self.entries[part[j]..part[j + 1]])
+    }
+
     /// Appends one step's factors of a `rows × cols` layer.
     fn push<'g>(
         &mut self,
@@ -428,9 +472,8 @@ impl SparseInputStack {
             self.background = minimum(factors.clone());
         }
         let background = self.background;
-        self.rows = rows;
+        (self.rows, self.cols) = (rows, cols);
         self.step_starts.push(self.samples());
-        self.features.resize_with(cols, Vec::new);
         for f in factors {
             let first = self.samples();
             let batch = f.output_grad.ncols();
@@ -450,16 +493,24 @@ impl SparseInputStack {
                 }
             }
             let inputs = f.input.as_slice().expect("factors are contiguous");
-            for (feature, inputs) in self.features.iter_mut().zip(inputs.chunks_exact(batch)) {
+            assert_eq!(inputs.len(), cols * batch, "inputs of a {cols}-input layer");
+            self.part_starts.push(first);
+            for inputs in inputs.chunks_exact(batch) {
+                self.bounds.push(self.entries.len());
+                // Many features (an image's border) are background in the whole batch.
+                if inputs.iter().all(|&x| x == background) {
+                    continue;
+                }
                 // Branch-free: write every value, keep those off the background.
-                let mut end = feature.len();
-                feature.resize(end + batch, (0, 0.0));
+                let mut end = self.entries.len();
+                self.entries.resize(end + batch, (0, 0.0));
                 for (k, &x) in inputs.iter().enumerate() {
-                    feature[end] = ((first + k) as u32, x - background);
+                    self.entries[end] = ((first + k) as u32, x - background);
                     end += usize::from(x != background);
                 }
-                feature.truncate(end);
+                self.entries.truncate(end);
             }
+            self.bounds.push(self.entries.len());
         }
     }
 
@@ -485,9 +536,15 @@ impl SparseInputStack {
         // thread, balanced by stored entries, each walking the window a
         // block of samples at a time.
         let mut transposed = Array2::zeros((cols, rows));
-        let mut entries_prefix = vec![0; cols + 1];
-        for (c, feature) in self.features.iter().enumerate() {
-            entries_prefix[c + 1] = entries_prefix[c] + feature.len();
+        let stride = cols + 1;
+        let mut entries_prefix = vec![0; stride];
+        for part in self.bounds.chunks_exact(stride) {
+            for (c, pair) in part.windows(2).enumerate() {
+                entries_prefix[c + 1] += pair[1] - pair[0];
+            }
+        }
+        for c in 0..cols {
+            entries_prefix[c + 1] += entries_prefix[c];
         }
         let threads = rayon::current_num_threads();
         let mut tasks = Vec::with_capacity(threads);
@@ -504,15 +561,34 @@ impl SparseInputStack {
             tasks.push((first, mine));
             (rest, first) = (others, end);
         }
-        let features = &self.features;
+        let (stored, bounds, part_starts) = (&self.entries, &self.bounds, &self.part_starts);
         tasks.into_par_iter().for_each(|(first, mut out)| {
+            // A block's entries of this task's features, copied out of the
+            // parts that hold them so that each feature's are one slice.
+            let mut block_entries = Vec::new();
+            let mut block_bounds = Vec::with_capacity(out.nrows() + 1);
             for start in (0..samples).step_by(SAMPLE_BLOCK) {
                 let end = samples.min(start + SAMPLE_BLOCK);
+                let parts = part_starts
+                    .partition_point(|&s| s <= start)
+                    .saturating_sub(1)
+                    ..part_starts.partition_point(|&s| s < end);
+                block_entries.clear();
+                block_bounds.clear();
+                block_bounds.push(0);
+                for j in first..first + out.nrows() {
+                    for p in parts.clone() {
+                        let feature = &stored[bounds[p * stride + j]..bounds[p * stride + j + 1]];
+                        let from = feature.partition_point(|&(k, _)| (k as usize) < start);
+                        let to = feature.partition_point(|&(k, _)| (k as usize) < end);
+                        block_entries.extend_from_slice(&feature[from..to]);
+                    }
+                    block_bounds.push(block_entries.len());
+                }
                 let entries = |j: usize| {
-                    let feature = &features[first + j];
-                    let from = feature.partition_point(|&(k, _)| (k as usize) < start);
-                    let to = feature.partition_point(|&(k, _)| (k as usize) < end);
-                    feature[from..to].iter().map(|&(k, s)| (s, k as usize))
+                    block_entries[block_bounds[j]..block_bounds[j + 1]]
+                        .iter()
+                        .map(|&(k, s)| (s, k as usize))
                 };
                 add_weighted_rows(&entries, grad_rows, out.view_mut());
             }
@@ -526,7 +602,9 @@ impl SparseInputStack {
     /// Empties the window, keeping the buffers for the next one.
     fn clear(&mut self) {
         self.grad_rows.clear();
-        self.features.iter_mut().for_each(Vec::clear);
+        self.entries.clear();
+        self.bounds.clear();
+        self.part_starts.clear();
         self.step_starts.clear();
     }
 
@@ -534,13 +612,13 @@ impl SparseInputStack {
     fn save(&self, contents: &mut Contents, prefix: &str) {
         let as_i64 = |values: &mut dyn Iterator<Item = usize>| values.map(|v| v as i64).collect();
         let starts: Vec<usize> = std::iter::once(0)
-            .chain(self.features.iter().scan(0, |end, f| {
-                *end += f.len();
+            .chain((0..self.cols).scan(0, |end, j| {
+                *end += self.feature(j).count();
                 Some(*end)
             }))
             .collect();
-        let entries = self.features.iter().flatten();
-        let n = entries.clone().count();
+        let entries = (0..self.cols).flat_map(|j| self.feature(j));
+        let n = self.entries.len();
         let tensors = [
             (
                 "grad_rows",
@@ -614,18 +692,26 @@ impl SparseInputStack {
                 "the sparse momentum window `{prefix}` does not fit a {rows}×{cols} layer"
             )));
         }
-        let features = starts
-            .windows(2)
-            .map(|w| {
-                (w[0]..w[1])
-                    .map(|e| (entry_samples[e] as u32, entry_values[e]))
-                    .collect()
-            })
+        // The stored inputs come back as one part: the product sums each
+        // block's entries in sample order whatever the parts, so a resumed
+        // window gives the momentum the uninterrupted one would.
+        let entries: Vec<(u32, f32)> = entry_samples
+            .iter()
+            .zip(&entry_values)
+            .map(|(&k, &v)| (k as u32, v))
             .collect();
+        let (bounds, part_starts) = if entries.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (starts, vec![0])
+        };
         Ok(SparseInputStack {
             rows,
+            cols,
             grad_rows,
-            features,
+            entries,
+            bounds,
+            part_starts,
             step_starts,
             background: background[0],
         })
@@ -708,12 +794,15 @@ mod tests {
         let mut window = DenseMomentum::new(MomentumWindow::LastSteps(3), 0.9, 2);
         let images = factors(&mut rng, shape, 100, 0.19, -0.42);
         let dense_inputs = factors(&mut rng, shape, 100, 0.9, 0.0);
-        window.accumulate(0, shape, std::iter::once(&images));
-        window.accumulate(1, shape, std::iter::once(&dense_inputs));
+        window.layers[0].accumulate(shape, std::iter::once(&images));
+        window.layers[1].accumulate(shape, std::iter::once(&dense_inputs));
         assert!(matches!(
-            window.layers[0],
+            window.layers[0].momentum,
             LayerMomentum::SparseInputs { .. }
         ));
-        assert!(matches!(window.layers[1], LayerMomentum::Stacked { .. }));
+        assert!(matches!(
+            window.layers[1].momentum,
+            LayerMomentum::Stacked { .. }
+        ));
     }
 }
