@@ -216,8 +216,11 @@ impl Dataset {
     ///
     /// The transposition goes by tiles of 16 samples × 16 features: 16 reads
     /// of 16 bytes, a byte transposition in registers ([`transpose_16x16`]),
-    /// then 16 writes of 16 consecutive values. Ragged edges (the last
-    /// samples and features that fill no whole tile) take a plain loop.
+    /// then 16 writes of 16 consecutive values. When the samples fill no
+    /// whole number of tiles, the last tile overlaps the one before it (its
+    /// samples are the last 16), rewriting a few columns with the same
+    /// values, as the sparse kernels' last vector does. The features that
+    /// fill no whole tile, and batches of fewer than 16 samples, take a plain loop.
     pub fn gather_batch(&self, indices: &[usize], batch: &mut Batch) {
         let (b, d) = (indices.len(), self.num_features());
         let pixels = self
@@ -233,11 +236,13 @@ impl Dataset {
                     values[f * b + column] = row[f] as f32 * scale + offset;
                 }
             };
-        let whole_features = d / TILE * TILE;
-        let tiles = indices.chunks_exact(TILE);
-        let ragged_samples = tiles.remainder();
-        for (tile_index, tile) in tiles.enumerate() {
-            let first_column = tile_index * TILE;
+        let whole_features = if b >= TILE { d / TILE * TILE } else { 0 };
+        // The first column of every tile: whole tiles, then the overlapping last one.
+        let first_columns = (0..b / TILE * TILE)
+            .step_by(TILE)
+            .chain((b % TILE != 0 && b > TILE).then_some(b - TILE));
+        for first_column in first_columns {
+            let tile = &indices[first_column..][..TILE];
             let rows: [&[u8]; TILE] = std::array::from_fn(|t| &pixels[tile[t] * d..][..d]);
             for first_feature in (0..whole_features).step_by(TILE) {
                 let block: [[u8; TILE]; TILE] = std::array::from_fn(|t| {
@@ -252,14 +257,10 @@ impl Dataset {
                         .copy_from_slice(&column);
                 }
             }
-            for (t, row) in rows.iter().enumerate() {
-                copy_plainly(&mut values, row, first_column + t, whole_features..d);
-            }
         }
-        let first_ragged = b - ragged_samples.len();
-        for (t, &sample) in ragged_samples.iter().enumerate() {
+        for (column, &sample) in indices.iter().enumerate() {
             let row = &pixels[sample * d..][..d];
-            copy_plainly(&mut values, row, first_ragged + t, 0..d);
+            copy_plainly(&mut values, row, column, whole_features..d);
         }
         batch.inputs = Array2::from_shape_vec((d, b), values).expect("d · batch values");
         self.gather_labels(indices, batch);
@@ -487,17 +488,20 @@ mod tests {
             mean: 0.3,
             std: 0.7,
         });
-        let indices: Vec<usize> = (0..37).map(|j| (j * 17 + 3) % samples).collect();
-        let mut batch = Batch::default();
-        data.gather_batch(&indices, &mut batch);
-        assert_eq!(batch.inputs.dim(), (features, indices.len()));
-        for (j, &sample) in indices.iter().enumerate() {
-            for f in 0..features {
-                assert_eq!(
-                    batch.inputs[[f, j]],
-                    data.value(pixels[[sample, f]]),
-                    "feature {f} of column {j}"
-                );
+        // Whole tiles and an overlapping last one; whole tiles only; too few for a tile.
+        for size in [37, 32, 5] {
+            let indices: Vec<usize> = (0..size).map(|j| (j * 17 + 3) % samples).collect();
+            let mut batch = Batch::default();
+            data.gather_batch(&indices, &mut batch);
+            assert_eq!(batch.inputs.dim(), (features, indices.len()));
+            for (j, &sample) in indices.iter().enumerate() {
+                for f in 0..features {
+                    assert_eq!(
+                        batch.inputs[[f, j]],
+                        data.value(pixels[[sample, f]]),
+                        "feature {f} of column {j} of {size}"
+                    );
+                }
             }
         }
     }
