@@ -455,11 +455,23 @@ impl SparseInputStack {
         self.grad_rows.len() / self.rows.max(1)
     }
 
-    /// The stored inputs of feature `j`, in sample order.
-    fn feature(&self, j: usize) -> impl Iterator<Item = &(u32, f32)> + Clone {
-        self.bounds
-            .chunks_exact(self.cols + 1)
-            .flat_map(move |part| &self.entries[part[j]..part[j + 1]])
+    /// The stored inputs of feature `j` in part `p`, in sample order.
+    fn part_feature(&self, p: usize, j: usize) -> &[(u32, f32)] {
+        let bounds = &self.bounds[p * (self.cols + 1) + j..][..2];
+        &self.entries[bounds[0]..bounds[1]]
+    }
+
+    /// Where each feature's entries start when all parts' are put together
+    /// feature by feature (`cols + 1` offsets, the last the total).
+    fn feature_starts(&self) -> Vec<usize> {
+        std::iter::once(0)
+            .chain((0..self.cols).scan(0, |end, j| {
+                *end += (0..self.part_starts.len())
+                    .map(|p| self.part_feature(p, j).len())
+                    .sum::<usize>();
+                Some(*end)
+            }))
+            .collect()
     }
 
     /// Appends one step's factors of a `rows × cols` layer.
@@ -536,16 +548,8 @@ impl SparseInputStack {
         // thread, balanced by stored entries, each walking the window a
         // block of samples at a time.
         let mut transposed = Array2::zeros((cols, rows));
-        let stride = cols + 1;
-        let mut entries_prefix = vec![0; stride];
-        for part in self.bounds.chunks_exact(stride) {
-            for (c, pair) in part.windows(2).enumerate() {
-                entries_prefix[c + 1] += pair[1] - pair[0];
-            }
-        }
-        for c in 0..cols {
-            entries_prefix[c + 1] += entries_prefix[c];
-        }
+        debug_assert_eq!(self.cols, cols, "the stack's layer has {cols} inputs");
+        let entries_prefix = self.feature_starts();
         let threads = rayon::current_num_threads();
         let mut tasks = Vec::with_capacity(threads);
         let mut rest = transposed.view_mut();
@@ -561,7 +565,7 @@ impl SparseInputStack {
             tasks.push((first, mine));
             (rest, first) = (others, end);
         }
-        let (stored, bounds, part_starts) = (&self.entries, &self.bounds, &self.part_starts);
+        let stack = &*self;
         tasks.into_par_iter().for_each(|(first, mut out)| {
             // A block's entries of this task's features, copied out of the
             // parts that hold them so that each feature's are one slice.
@@ -569,16 +573,17 @@ impl SparseInputStack {
             let mut block_bounds = Vec::with_capacity(out.nrows() + 1);
             for start in (0..samples).step_by(SAMPLE_BLOCK) {
                 let end = samples.min(start + SAMPLE_BLOCK);
-                let parts = part_starts
+                let parts = stack
+                    .part_starts
                     .partition_point(|&s| s <= start)
                     .saturating_sub(1)
-                    ..part_starts.partition_point(|&s| s < end);
+                    ..stack.part_starts.partition_point(|&s| s < end);
                 block_entries.clear();
                 block_bounds.clear();
                 block_bounds.push(0);
                 for j in first..first + out.nrows() {
                     for p in parts.clone() {
-                        let feature = &stored[bounds[p * stride + j]..bounds[p * stride + j + 1]];
+                        let feature = stack.part_feature(p, j);
                         let from = feature.partition_point(|&(k, _)| (k as usize) < start);
                         let to = feature.partition_point(|&(k, _)| (k as usize) < end);
                         block_entries.extend_from_slice(&feature[from..to]);
@@ -611,13 +616,9 @@ impl SparseInputStack {
     /// Adds the open window to a checkpoint under `prefix`.
     fn save(&self, contents: &mut Contents, prefix: &str) {
         let as_i64 = |values: &mut dyn Iterator<Item = usize>| values.map(|v| v as i64).collect();
-        let starts: Vec<usize> = std::iter::once(0)
-            .chain((0..self.cols).scan(0, |end, j| {
-                *end += self.feature(j).count();
-                Some(*end)
-            }))
-            .collect();
-        let entries = (0..self.cols).flat_map(|j| self.feature(j));
+        let starts = self.feature_starts();
+        let entries = (0..self.cols)
+            .flat_map(|j| (0..self.part_starts.len()).flat_map(move |p| self.part_feature(p, j)));
         let n = self.entries.len();
         let tensors = [
             (
