@@ -11,6 +11,7 @@
 //! immutably for a step, the optimizer then borrows it mutably.
 
 use ndarray::Array2;
+use rayon::prelude::*;
 
 use crate::sparse::{ChannelUsage, SparseMatrix};
 
@@ -179,6 +180,16 @@ impl ParamStore {
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (ParamId, &mut Param)> {
         self.params
             .iter_mut()
+            .enumerate()
+            .map(|(i, p)| (ParamId(i), p))
+    }
+
+    /// Mutable iteration, in parallel.
+    pub(crate) fn par_iter_mut(
+        &mut self,
+    ) -> impl IndexedParallelIterator<Item = (ParamId, &mut Param)> {
+        self.params
+            .par_iter_mut()
             .enumerate()
             .map(|(i, p)| (ParamId(i), p))
     }

@@ -743,13 +743,9 @@ impl Trainer {
                 });
             }
             let start = Instant::now();
-            let (total, others) = shard_grads.split_first_mut().expect("at least one shard");
-            for other in others.iter() {
-                total.add_param_grads(other);
-            }
             let step = self.steps_done;
             self.sgd
-                .step(&mut self.store, total, self.schedule.lr(step))?;
+                .step_summed(&mut self.store, &shard_grads, self.schedule.lr(step))?;
             self.store.apply_state_updates(state_updates);
             self.steps_done += 1;
             let update_due = self.sparse.as_mut().is_some_and(|sparse| {

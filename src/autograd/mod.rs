@@ -28,7 +28,6 @@ mod weight_product;
 mod workspace;
 
 pub use norm::{BatchNormParams, EPSILON, RUNNING_MOMENTUM};
-pub(crate) use tape::PARALLEL_CHUNK;
 pub use tape::{GradientFactors, Gradients, ParamGrad, Tape, Var};
 pub use weight_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels};
 pub use workspace::Workspace;

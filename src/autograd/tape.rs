@@ -175,22 +175,6 @@ impl Gradients {
         workspace.lists.gradients = self;
     }
 
-    /// Adds the parameter gradients of `other` to these: the gradients of the
-    /// loss summed over two parts of a batch, each part on its own tape.
-    /// Input gradients and factors stay where they are.
-    pub fn add_param_grads(&mut self, other: &Gradients) {
-        if self.params.len() < other.params.len() {
-            self.params.resize(other.params.len(), None);
-        }
-        for (mine, theirs) in self.params.iter_mut().zip(&other.params) {
-            match (mine, theirs) {
-                (Some(mine), Some(theirs)) => mine.add_assign(theirs),
-                (mine @ None, Some(theirs)) => *mine = Some(theirs.clone()),
-                (_, None) => {}
-            }
-        }
-    }
-
     /// Moves the dense-gradient factors of `id` out (no copy).
     pub fn take_factors(&mut self, id: ParamId) -> Vec<GradientFactors> {
         self.factors
