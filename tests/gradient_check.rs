@@ -10,7 +10,7 @@
 use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
-use sparsetrain::autograd::{BatchNormParams, DenseKernels, Workspace};
+use sparsetrain::autograd::{Activation, BatchNormParams, DenseKernels, Workspace};
 use sparsetrain::conv::{ConvGeometry, ImageShape};
 use sparsetrain::prelude::*;
 
@@ -195,6 +195,38 @@ fn softmax_cross_entropy_is_stable_for_huge_logits() {
     assert!((tape.value(loss)[(0, 0)] - 1000.0).abs() < 1e-3);
     let grads = tape.backward(loss).unwrap();
     assert!(grads.input(x).unwrap().iter().all(|g| g.is_finite()));
+}
+
+#[test]
+fn fused_linear_layer_gradients() {
+    // relu(W·x + b) as one op. The biases are ±0.5..1 and W·x stays within
+    // ±0.25, so every output keeps its sign under a finite-difference step
+    // and about half the rows sit where ReLU passes nothing.
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut store = ParamStore::new();
+    let w = SparseMatrix::random(6, 5, 14, &mut rng, |r| r.random_range(-1.0f32..1.0)).unwrap();
+    let sparse = store.add("w", ParamValue::Sparse(w));
+    let dense = store.add("v", ParamValue::Dense(random_array(&mut rng, (6, 5))));
+    let bias = store.add(
+        "b",
+        ParamValue::Dense(
+            away_from_zero(&mut rng, (6, 1)).mapv(|b| b.signum() * (0.5 + b.abs() / 2.0)),
+        ),
+    );
+    // A batch over 16 runs the kernels' blocked paths and overlapping last vector.
+    let x = random_array(&mut rng, (5, 19)) * 0.05;
+    for activation in [Activation::Relu, Activation::Identity] {
+        for threshold in SPARSE_AND_DENSE_KERNELS {
+            check(&store, std::slice::from_ref(&x), |tape, v| {
+                tape.set_dense_kernels(threshold);
+                let h = tape.linear(sparse, Some(bias), v[0], activation).unwrap();
+                // The dense weight (and the bias again) on a second layer, so
+                // that every parameter of the store gets a gradient.
+                let y = tape.linear(dense, Some(bias), v[0], activation).unwrap();
+                tape.add(h, y).unwrap()
+            });
+        }
+    }
 }
 
 #[test]

@@ -10,7 +10,8 @@ use sparsetrain::autograd::{DenseKernels, Tape};
 use sparsetrain::conv::ConvGeometry;
 use sparsetrain::params::{ParamStore, ParamValue};
 use sparsetrain::sparse::{
-    InstructionSet, SparseMatrix, sddmm_using, spmm, spmm_transposed_using, spmm_using,
+    Epilogue, InstructionSet, SparseMatrix, sddmm_using, spmm, spmm_then_using,
+    spmm_transposed_using, spmm_using,
 };
 
 /// A random sparse matrix, an input `x` (cols × batch) and an output
@@ -94,6 +95,42 @@ fn check_against_dense(p: &Problem) {
         assert!(
             (y, dx, grad) == portable,
             "{isa} differs from the portable kernels"
+        );
+        check_fused_epilogue(p, isa);
+    }
+}
+
+/// `relu(W·X + b)` with the bias and ReLU fused into the forward kernel:
+/// bit-identical to the product followed by [`Epilogue::apply`] (which is
+/// what the separate bias and ReLU ops compute), and close to the dense
+/// reference. A bias of ±0.5 puts about half the outputs below zero.
+fn check_fused_epilogue(p: &Problem, isa: InstructionSet) {
+    let batch = p.x.ncols();
+    let bias: Vec<f32> = (0..p.w.rows())
+        .map(|r| if r % 2 == 0 { 0.5 } else { -0.5 })
+        .collect();
+    for relu in [false, true] {
+        let epilogue = Epilogue {
+            bias: Some(&bias),
+            relu,
+        };
+        let mut fused = Array2::from_elem((p.w.rows(), batch), f32::NAN);
+        spmm_then_using(isa, &p.w, p.x.view(), epilogue, fused.view_mut());
+        let mut separate = Array2::from_elem((p.w.rows(), batch), f32::NAN);
+        spmm_using(isa, &p.w, p.x.view(), separate.view_mut());
+        epilogue.apply(separate.view_mut());
+        assert!(
+            fused == separate,
+            "{isa}: the fused epilogue differs (relu {relu})"
+        );
+        let mut reference = p.w.to_dense().dot(&p.x);
+        for (mut row, &b) in reference.rows_mut().into_iter().zip(&bias) {
+            row.mapv_inplace(|v| if relu { (v + b).max(0.0) } else { v + b });
+        }
+        assert_all_close(
+            fused.as_slice().unwrap(),
+            reference.as_slice().unwrap(),
+            "relu(W·X + b)",
         );
     }
 }

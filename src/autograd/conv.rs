@@ -8,6 +8,7 @@ use super::workspace::Workspace;
 use crate::conv::{ConvGeometry, col2im, im2col};
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
+use crate::sparse::Epilogue;
 
 /// `Y = W · im2col(X)` with `W` of shape `out × (in · kh · kw)`.
 #[derive(Debug)]
@@ -81,7 +82,7 @@ impl Tape<'_> {
             cols.as_slice_mut().expect("contiguous"),
         );
         let mut y = self.alloc(out_channels, columns);
-        product.forward(&param.value, cols.view(), y.view_mut());
+        product.forward(&param.value, cols.view(), Epilogue::default(), y.view_mut());
         let op = Conv2d {
             weight,
             input,

@@ -6,6 +6,7 @@ use rand::RngExt;
 use super::tape::{BackwardPass, Op, Tape, Var};
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
+use crate::sparse::relu;
 
 /// `y = max(x, 0)`.
 #[derive(Debug)]
@@ -30,7 +31,7 @@ pub(crate) struct Dropout {
 impl Tape<'_> {
     /// Rectified linear unit, elementwise.
     pub fn relu(&mut self, input: Var) -> Var {
-        let y = self.map_into_new(input, |v| v.max(0.0));
+        let y = self.map_into_new(input, relu);
         self.push_op(y, Op::Relu(Relu { input }), &[input], false)
     }
 
@@ -106,9 +107,7 @@ impl Relu {
     /// The gradient passes where the output is positive. Reusing `dy`'s buffer
     /// for `dx` avoids an allocation; `y > 0` is the same test as `x > 0`.
     pub(crate) fn backward(&self, mut dy: Array2<f32>, y: &Array2<f32>, pass: &mut BackwardPass) {
-        for (g, &out) in slice_mut(&mut dy).iter_mut().zip(slice(y)) {
-            *g = if out > 0.0 { *g } else { 0.0 };
-        }
+        relu_backward(slice_mut(&mut dy), slice(y));
         pass.accumulate(self.input, dy);
     }
 }
@@ -140,6 +139,13 @@ impl Dropout {
             }
         }
         pass.accumulate(self.input, dy);
+    }
+}
+
+/// ReLU's gradient in place: `dy` passes where the output `y` is positive.
+pub(crate) fn relu_backward(dy: &mut [f32], y: &[f32]) {
+    for (g, &out) in dy.iter_mut().zip(y) {
+        *g = if out > 0.0 { *g } else { 0.0 };
     }
 }
 

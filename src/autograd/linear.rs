@@ -2,24 +2,42 @@
 //!
 //! Activations are `features × batch`, so a layer is `Y = W·X + b` with `W`
 //! of shape `out × in` and `b` an `out × 1` column broadcast over the batch.
+//! [`Tape::linear`] computes a whole fully connected layer, `relu(W·X + b)`,
+//! as one op: the bias and ReLU are applied as the product's sums leave the
+//! registers, and their gradients are taken in one pass over `dY` (the same
+//! arithmetic as [`Tape::matmul`], [`Tape::add_bias`] and [`Tape::relu`] one
+//! after the other, so the same results, with two passes over the output fewer).
 
 use ndarray::Array2;
 
-use super::elementwise::{slice, slice_mut};
+use super::elementwise::{relu_backward, slice, slice_mut};
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
 use super::weight_product::WeightProduct;
 use super::workspace::Workspace;
 use crate::dense::sum;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
+use crate::sparse::Epilogue;
 
-/// `Y = W·X`, for a sparse or dense `W`.
+/// `Y = act(W·X + b)`, for a sparse or dense `W`, the bias optional.
 #[derive(Debug)]
 pub(crate) struct Matmul {
     weight: ParamId,
+    bias: Option<ParamId>,
+    activation: Activation,
     input: Var,
     /// The weight as stored, or a dense copy of a sparse one.
     product: WeightProduct,
+}
+
+/// The function a [`Tape::linear`] layer applies to `W·x + b`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activation {
+    /// None: the output is `W·x + b`.
+    #[default]
+    Identity,
+    /// `max(v, 0)`, as [`Tape::relu`].
+    Relu,
 }
 
 /// `Y = X + b`, `b` an `n × 1` column added to every column of `X`.
@@ -29,10 +47,38 @@ pub(crate) struct AddBias {
     input: Var,
 }
 
-impl Tape<'_> {
+impl<'p> Tape<'p> {
     /// `weight · input`. A dense weight runs sgemm, a sparse one the sparse
     /// kernels (or sgemm on a dense copy, see [`Tape::set_dense_kernels`]).
     pub fn matmul(&mut self, weight: ParamId, input: Var) -> Result<Var> {
+        self.linear(weight, None, input, Activation::Identity)
+    }
+
+    /// A fully connected layer, `activation(weight · input + bias)`, as one
+    /// op: the bias and activation are applied as the product is stored.
+    ///
+    /// ```
+    /// use ndarray::array;
+    /// use sparsetrain::autograd::{Activation, Tape};
+    /// use sparsetrain::params::{ParamStore, ParamValue};
+    /// use sparsetrain::sparse::SparseMatrix;
+    ///
+    /// let mut store = ParamStore::new();
+    /// let w = SparseMatrix::from_dense(array![[1.0f32, 0.0], [0.0, -1.0]].view());
+    /// let w = store.add("w", ParamValue::Sparse(w));
+    /// let b = store.add("b", ParamValue::Dense(array![[0.5f32], [1.0]]));
+    /// let mut tape = Tape::new(&store);
+    /// let x = tape.input(array![[2.0f32], [3.0]]);
+    /// let y = tape.linear(w, Some(b), x, Activation::Relu).unwrap();
+    /// assert_eq!(tape.value(y), &array![[2.5f32], [0.0]]);
+    /// ```
+    pub fn linear(
+        &mut self,
+        weight: ParamId,
+        bias: Option<ParamId>,
+        input: Var,
+        activation: Activation,
+    ) -> Result<Var> {
         let x = self.value(input);
         let param = self.params().get(weight);
         let (rows, cols) = param.value.shape();
@@ -46,21 +92,36 @@ impl Tape<'_> {
                 ),
             ));
         }
+        let bias_values = match bias {
+            Some(bias) => Some(self.bias_values(bias, rows)?),
+            None => None,
+        };
         let batch = x.ncols();
         let mut y = self.alloc(rows, batch);
         let weight_value = &self.params().get(weight).value;
         let product = self.weight_product(weight_value, batch);
-        product.forward(weight_value, self.value(input).view(), y.view_mut());
+        let epilogue = Epilogue {
+            bias: bias_values,
+            relu: activation == Activation::Relu,
+        };
+        product.forward(
+            weight_value,
+            self.value(input).view(),
+            epilogue,
+            y.view_mut(),
+        );
         let op = Op::Matmul(Matmul {
             weight,
+            bias,
+            activation,
             input,
             product,
         });
         Ok(self.push_op(y, op, &[input], true))
     }
 
-    /// `input + bias`, the `n × 1` bias broadcast over the batch.
-    pub fn add_bias(&mut self, bias: ParamId, input: Var) -> Result<Var> {
+    /// The values of `bias`, checked to be a dense `rows × 1` column.
+    fn bias_values(&self, bias: ParamId, rows: usize) -> Result<&'p [f32]> {
         let param = self.params().get(bias);
         let ParamValue::Dense(b) = &param.value else {
             return Err(Error::shape(
@@ -68,28 +129,29 @@ impl Tape<'_> {
                 format!("bias `{}` must be dense", param.name),
             ));
         };
-        let x = self.value(input);
-        if b.dim() != (x.nrows(), 1) {
+        if b.dim() != (rows, 1) {
             return Err(Error::shape(
                 "add_bias",
                 format!(
-                    "bias `{}` is {:?}, expected ({}, 1)",
+                    "bias `{}` is {:?}, expected ({rows}, 1)",
                     param.name,
-                    b.dim(),
-                    x.nrows()
+                    b.dim()
                 ),
             ));
         }
+        Ok(b.as_slice().expect("parameters are contiguous"))
+    }
+
+    /// `input + bias`, the `n × 1` bias broadcast over the batch.
+    pub fn add_bias(&mut self, bias: ParamId, input: Var) -> Result<Var> {
+        let (rows, cols) = self.value(input).dim();
+        let b = self.bias_values(bias, rows)?;
         // One pass, row by row: each row is contiguous and gets one scalar,
         // which vectorises (a broadcasting `x + b` walks a stride-0 operand).
-        let (rows, cols) = x.dim();
         let mut y = self.alloc(rows, cols);
-        let ParamValue::Dense(b) = &self.params().get(bias).value else {
-            unreachable!("checked above")
-        };
         let x_rows = slice(self.value(input)).chunks_exact(cols.max(1));
         let y_rows = slice_mut(&mut y).chunks_exact_mut(cols.max(1));
-        for ((out, row), &b) in y_rows.zip(x_rows).zip(b.iter()) {
+        for ((out, row), &b) in y_rows.zip(x_rows).zip(b) {
             for (o, &v) in out.iter_mut().zip(row) {
                 *o = v + b;
             }
@@ -99,9 +161,18 @@ impl Tape<'_> {
 }
 
 impl Matmul {
+    /// Through the activation (`y` is the op's output) and the bias, then
     /// `dX = Wᵀ·dY`; `dW = dY·Xᵀ`, for a sparse `W` at its stored entries only
     /// (keeping the factors `dY`, `X` of the full product if growth asked).
-    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
+    pub(crate) fn backward(&self, mut dy: Array2<f32>, y: &Array2<f32>, pass: &mut BackwardPass) {
+        let relu_output = (self.activation == Activation::Relu).then_some(y);
+        let mut db = self.bias.map(|_| pass.alloc(dy.nrows(), 1));
+        if relu_output.is_some() || db.is_some() {
+            through_relu_and_bias(&mut dy, relu_output, db.as_mut());
+        }
+        if let (Some(bias), Some(db)) = (self.bias, db) {
+            pass.accumulate_param(bias, ParamGrad::Dense(db));
+        }
         let (weight, x) = (pass.param(self.weight), pass.value(self.input));
         let dx = pass.needs_grad(self.input).then(|| {
             let mut dx = pass.alloc(x.nrows(), x.ncols());
@@ -134,16 +205,28 @@ impl Matmul {
 
 impl AddBias {
     /// `dX = dY`, `db = Σ_batch dY`.
-    pub(crate) fn backward(&self, dy: Array2<f32>, pass: &mut BackwardPass) {
-        let rows = dy
-            .as_slice()
-            .expect("gradients are contiguous")
-            .chunks_exact(dy.ncols().max(1));
+    pub(crate) fn backward(&self, mut dy: Array2<f32>, pass: &mut BackwardPass) {
         let mut db = pass.alloc(dy.nrows(), 1);
-        for (db, row) in db.iter_mut().zip(rows) {
-            *db = sum(row);
-        }
+        through_relu_and_bias(&mut dy, None, Some(&mut db));
         pass.accumulate_param(self.bias, ParamGrad::Dense(db));
         pass.accumulate(self.input, dy);
+    }
+}
+
+/// Row by row (each in L1 while it is read twice): `dY ← dY ⊙ [y > 0]` if a
+/// ReLU's output `y` is given, then `db = Σ_batch dY` if `db` is given.
+fn through_relu_and_bias(
+    dy: &mut Array2<f32>,
+    relu_output: Option<&Array2<f32>>,
+    mut db: Option<&mut Array2<f32>>,
+) {
+    let cols = dy.ncols().max(1);
+    for (r, row) in slice_mut(dy).chunks_exact_mut(cols).enumerate() {
+        if let Some(y) = relu_output {
+            relu_backward(row, &slice(y)[r * cols..][..cols]);
+        }
+        if let Some(db) = db.as_deref_mut() {
+            db[(r, 0)] = sum(row);
+        }
     }
 }

@@ -27,6 +27,7 @@ mod tape;
 mod weight_product;
 mod workspace;
 
+pub use linear::Activation;
 pub use norm::{BatchNormParams, EPSILON, RUNNING_MOMENTUM};
 pub use tape::{GradientFactors, Gradients, ParamGrad, Tape, Var};
 pub use weight_product::{DEFAULT_DENSE_KERNELS_ABOVE, DenseKernels};

@@ -406,7 +406,7 @@ impl<'p> Tape<'p> {
             // ReLU does) or gives it back to the pool when done reading it.
             match &node.op {
                 Op::Input => pass.grads.inputs[i] = Some(grad),
-                Op::Matmul(op) => op.backward(grad, &mut pass),
+                Op::Matmul(op) => op.backward(grad, &node.value, &mut pass),
                 Op::AddBias(op) => op.backward(grad, &mut pass),
                 Op::Relu(op) => op.backward(grad, &node.value, &mut pass),
                 Op::SoftmaxCrossEntropy(op) => op.backward(grad, &mut pass),

@@ -29,7 +29,7 @@ use super::tape::{BackwardPass, ParamGrad};
 use super::workspace::Workspace;
 use crate::dense::gemm;
 use crate::params::ParamValue;
-use crate::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
+use crate::sparse::{Epilogue, SparseMatrix, sddmm, spmm_then, spmm_transposed};
 
 /// The density above which a sparse layer computes with dense kernels unless
 /// told otherwise: below every cross-over measured for LeNet-300-100's shapes
@@ -86,7 +86,7 @@ impl DenseKernels {
 #[derive(Debug)]
 pub(crate) enum WeightProduct {
     /// The weight as stored: sgemm for a dense weight, the sparse kernels
-    /// ([`spmm`], [`spmm_transposed`], [`sddmm`]) for a sparse one.
+    /// ([`spmm_then`], [`spmm_transposed`], [`sddmm`]) for a sparse one.
     AsStored,
     /// A sparse weight through sgemm on this dense copy (from the workspace).
     DenseCopy(Array2<f32>),
@@ -129,11 +129,21 @@ impl WeightProduct {
         }
     }
 
-    /// `y = w · x` (overwrites `y`).
-    pub(crate) fn forward(&self, weight: &ParamValue, x: ArrayView2<f32>, y: ArrayViewMut2<f32>) {
+    /// `y = epilogue(w · x)` (overwrites `y`): fused into the sparse
+    /// kernel, a pass after sgemm.
+    pub(crate) fn forward(
+        &self,
+        weight: &ParamValue,
+        x: ArrayView2<f32>,
+        epilogue: Epilogue,
+        mut y: ArrayViewMut2<f32>,
+    ) {
         match self.operand(weight) {
-            Operand::Dense(w) => gemm(1.0, w, x, 0.0, y),
-            Operand::Sparse(w) => spmm(w, x, y),
+            Operand::Dense(w) => {
+                gemm(1.0, w, x, 0.0, y.view_mut());
+                epilogue.apply(y);
+            }
+            Operand::Sparse(w) => spmm_then(w, x, epilogue, y),
         }
     }
 

@@ -1,17 +1,20 @@
-//! The fully connected layer, with a sparse or a dense weight.
+//! The fully connected layer, with a sparse or a dense weight and an
+//! optional activation computed in the same op (see [`Tape::linear`]).
 
 use super::builder::ParamBuilder;
 use super::{ActivationShape, Layer};
-use crate::autograd::{Tape, Var};
+use crate::autograd::{Activation, Tape, Var};
 use crate::error::Result;
 use crate::params::ParamId;
 
-/// `y = W·x + b` with `W` (`out × in`) sparse or dense and `b` dense.
+/// `y = act(W·x + b)` with `W` (`out × in`) sparse or dense, `b` dense and
+/// `act` the identity unless [`Linear::with_activation`] says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Linear {
     name: String,
     inputs: usize,
     outputs: usize,
+    activation: Activation,
     /// The weight matrix, `out × in`.
     pub weight: ParamId,
     /// The bias, an `out × 1` column.
@@ -33,9 +36,17 @@ impl Linear {
             name: name.into(),
             inputs,
             outputs,
+            activation: Activation::Identity,
             weight,
             bias,
         })
+    }
+
+    /// The layer followed by `activation`, in one op: a ReLU here gives the
+    /// same values as a [`super::Relu`] layer after it, one pass over the
+    /// output cheaper each way.
+    pub fn with_activation(self, activation: Activation) -> Linear {
+        Linear { activation, ..self }
     }
 }
 
@@ -54,8 +65,7 @@ impl Layer for Linear {
     }
 
     fn forward(&self, tape: &mut Tape, x: Var, _input: ActivationShape) -> Result<Var> {
-        let wx = tape.matmul(self.weight, x)?;
-        tape.add_bias(self.bias, wx)
+        tape.linear(self.weight, Some(self.bias), x, self.activation)
     }
 
     fn weights(&self) -> Vec<ParamId> {

@@ -13,6 +13,7 @@ use super::linear::Linear;
 use super::norm::BatchNorm;
 use super::reshape::{Flatten, GlobalAvgPool, MaxPool2d};
 use super::sequential::{Residual, Sequential};
+use crate::autograd::Activation;
 use crate::conv::ImageShape;
 use crate::error::{Error, Result};
 use crate::params::ParamStore;
@@ -195,18 +196,22 @@ pub fn mlp(builder: &mut ParamBuilder, widths: &[usize]) -> Result<Sequential> {
         ));
     }
     let mut net = Sequential::new("mlp", ActivationShape::Features(widths[0]), Vec::new())?;
+    let layers = widths.len() - 1;
     for (i, pair) in widths.windows(2).enumerate() {
-        if i > 0 {
-            net.push(Relu)?;
-        }
-        net.push(Linear::new(
-            builder,
-            &format!("fc{}", i + 1),
-            pair[0],
-            pair[1],
-        )?)?;
+        let layer = Linear::new(builder, &format!("fc{}", i + 1), pair[0], pair[1])?;
+        // A ReLU after every layer but the output, in the layer's own op.
+        net.push(layer.with_activation(hidden_activation(i + 1 < layers)))?;
     }
     Ok(net)
+}
+
+/// ReLU for a hidden layer, nothing for the output layer.
+fn hidden_activation(hidden: bool) -> Activation {
+    if hidden {
+        Activation::Relu
+    } else {
+        Activation::Identity
+    }
 }
 
 /// LeNet-5 as Caffe's MNIST example and the sparse-learning library define
@@ -233,8 +238,8 @@ pub fn lenet5(builder: &mut ParamBuilder, input: ImageShape, classes: usize) -> 
     net.push(Relu)?;
     net.push(pool)?;
     net.push(Flatten)?;
-    net.push(Linear::new(builder, "fc3", net.final_shape().len(), 500)?)?;
-    net.push(Relu)?;
+    let fc3 = Linear::new(builder, "fc3", net.final_shape().len(), 500)?;
+    net.push(fc3.with_activation(Activation::Relu))?;
     net.push(Linear::new(builder, "fc4", 500, classes)?)?;
     Ok(net)
 }
@@ -266,16 +271,9 @@ pub fn vgg(
     }
     net.push(Flatten)?;
     for (i, &width) in hidden.iter().chain([&classes]).enumerate() {
-        if i > 0 {
-            net.push(Relu)?;
-        }
         let features = net.final_shape().len();
-        net.push(Linear::new(
-            builder,
-            &format!("fc{}", i + 1),
-            features,
-            width,
-        )?)?;
+        let layer = Linear::new(builder, &format!("fc{}", i + 1), features, width)?;
+        net.push(layer.with_activation(hidden_activation(i < hidden.len())))?;
     }
     Ok(net)
 }

@@ -42,6 +42,63 @@ const MIN_TASK_WORK: usize = 1 << 16;
 /// columns and few rows, a linear layer's input just the batch.
 const MIN_SPLIT_COLUMNS: usize = 512;
 
+/// What a forward product does to each output value before storing it: add
+/// its row's bias, then clamp at zero (ReLU). Done while the sums are still
+/// in registers, a layer's `relu(W·x + b)` writes its output once instead of
+/// making three passes over it; the arithmetic is the same as the three
+/// passes', so the results are identical.
+///
+/// ```
+/// use ndarray::{Array2, array};
+/// use sparsetrain::sparse::{Epilogue, SparseMatrix, spmm_then};
+///
+/// let w = SparseMatrix::from_dense(array![[1.0f32, 0.0], [0.0, -1.0]].view());
+/// let x = array![[2.0f32], [3.0]];
+/// let mut y = Array2::zeros((2, 1));
+/// let bias = [0.5, 1.0];
+/// spmm_then(&w, x.view(), Epilogue { bias: Some(&bias), relu: true }, y.view_mut());
+/// assert_eq!(y, array![[2.5], [0.0]]); // relu(2 + 0.5), relu(−3 + 1)
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Epilogue<'a> {
+    /// One value per output row, added to every column.
+    pub bias: Option<&'a [f32]>,
+    /// `max(v, 0)` after the bias (`0` for NaN, as x86's `max` gives).
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Applies the epilogue to `y` in place, for products computed elsewhere
+    /// (sgemm): the same operations as the fused kernels, in the same order.
+    ///
+    /// # Panics
+    /// If the bias does not have one value per row of `y`.
+    pub fn apply(&self, mut y: ArrayViewMut2<f32>) {
+        if let Some(bias) = self.bias {
+            assert_eq!(bias.len(), y.nrows(), "one bias per output row");
+        }
+        if *self == Epilogue::default() {
+            return;
+        }
+        for (r, mut row) in y.rows_mut().into_iter().enumerate() {
+            let bias = self.bias.map(|b| b[r]);
+            for v in row.iter_mut() {
+                if let Some(bias) = bias {
+                    *v += bias;
+                }
+                if self.relu {
+                    *v = relu(*v);
+                }
+            }
+        }
+    }
+}
+
+/// `max(v, 0)` as the kernels compute it: `v` if `v > 0`, else `0` (also for NaN).
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 { v } else { 0.0 }
+}
+
 /// `y = w · x`: `x` is `cols × batch`, `y` is `rows × batch` (overwritten).
 ///
 /// # Panics
@@ -60,6 +117,32 @@ pub fn spmm_using(
     x: ArrayView2<f32>,
     y: ArrayViewMut2<f32>,
 ) {
+    spmm_then_using(isa, w, x, Epilogue::default(), y);
+}
+
+/// `y = epilogue(w · x)`: [`spmm`] with a bias and ReLU applied before the
+/// output is stored.
+///
+/// # Panics
+/// As [`spmm`], and if the bias does not have one value per row of `w`.
+pub fn spmm_then(w: &SparseMatrix, x: ArrayView2<f32>, epilogue: Epilogue, y: ArrayViewMut2<f32>) {
+    spmm_then_using(InstructionSet::best(), w, x, epilogue, y);
+}
+
+/// [`spmm_then`] with the inner loops of `isa`.
+///
+/// # Panics
+/// As [`spmm_then`], and if this CPU lacks `isa`.
+pub fn spmm_then_using(
+    isa: InstructionSet,
+    w: &SparseMatrix,
+    x: ArrayView2<f32>,
+    epilogue: Epilogue,
+    y: ArrayViewMut2<f32>,
+) {
+    if let Some(bias) = epilogue.bias {
+        assert_eq!(bias.len(), w.rows(), "spmm: one bias per row of W");
+    }
     let batch = x.ncols();
     assert_eq!(
         x.nrows(),
@@ -86,6 +169,7 @@ pub fn spmm_using(
             stride: batch,
             out,
             accumulate: false,
+            epilogue,
         };
         weighted_sums(isa, block, &entries);
     });
@@ -149,6 +233,7 @@ pub fn spmm_transposed_using(
                 stride: batch,
                 out,
                 accumulate: false,
+                epilogue: Epilogue::default(),
             };
             weighted_sums(isa, block, &entries);
         },
@@ -238,6 +323,7 @@ pub(crate) fn add_weighted_rows<I>(
         stride: width,
         out,
         accumulate: true,
+        epilogue: Epilogue::default(),
     };
     weighted_sums(InstructionSet::best(), block, entries);
 }

@@ -16,6 +16,8 @@
 
 use std::ops::Range;
 
+use super::kernels::Epilogue;
+
 /// Which instruction set the kernels' inner loops use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -109,6 +111,8 @@ trait Vector: Copy {
     /// `a · b + c`, one rounding.
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
     unsafe fn add(a: Self, b: Self) -> Self;
+    /// Lane by lane `a > b ? a : b` (so `b` where `a` is NaN, as x86's `max`).
+    unsafe fn max(a: Self, b: Self) -> Self;
 
     unsafe fn zero16() -> Self::Sixteen;
     /// The first `lanes` (≤ 16) floats at `src`, the other lanes zero; nothing
@@ -190,6 +194,12 @@ impl Vector for Portable {
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
         Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        Portable(std::array::from_fn(|l| {
+            if a.0[l] > b.0[l] { a.0[l] } else { b.0[l] }
+        }))
     }
     #[inline(always)]
     unsafe fn zero16() -> Self {
@@ -276,6 +286,10 @@ mod x86 {
             Avx2(_mm256_add_ps(a.0, b.0))
         }
         #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            Avx2(_mm256_max_ps(a.0, b.0))
+        }
+        #[inline(always)]
         unsafe fn zero16() -> [__m256; 2] {
             [_mm256_setzero_ps(); 2]
         }
@@ -350,6 +364,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn add(a: Self, b: Self) -> Self {
             Avx512(_mm512_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            Avx512(_mm512_max_ps(a.0, b.0))
         }
         #[inline(always)]
         unsafe fn zero16() -> Self {
@@ -455,6 +473,8 @@ pub(super) struct SumBlock<'a> {
     pub out: ndarray::ArrayViewMut2<'a, f32>,
     /// Add the sums to what `out` holds instead of overwriting it.
     pub accumulate: bool,
+    /// What happens to each finished sum before it is stored.
+    pub epilogue: Epilogue<'a>,
 }
 
 /// One task of the weight gradient: for each stored entry `(r, c)` of rows
@@ -637,9 +657,17 @@ unsafe fn chunk_sums<V: Vector, I, const N: usize>(
                 let Some((w, i)) = entries.next() else { break };
                 accumulate(&mut odd, w, source_row(i), last);
             }
+            let bias = block.epilogue.bias.map(|b| V::splat(b[r]));
             for v in 0..N {
                 let (offset, lanes) = last.place(v, N, V::LANES);
-                V::add(even[v], odd[v]).store(row.add(offset), lanes);
+                let mut sum = V::add(even[v], odd[v]);
+                if let Some(bias) = bias {
+                    sum = V::add(sum, bias);
+                }
+                if block.epilogue.relu {
+                    sum = V::max(sum, V::zero());
+                }
+                sum.store(row.add(offset), lanes);
             }
         }
     }
