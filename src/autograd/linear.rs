@@ -218,15 +218,17 @@ impl AddBias {
 fn through_relu_and_bias(
     dy: &mut Array2<f32>,
     relu_output: Option<&Array2<f32>>,
-    mut db: Option<&mut Array2<f32>>,
+    db: Option<&mut Array2<f32>>,
 ) {
     let cols = dy.ncols().max(1);
+    let mut relu_rows = relu_output.map(|y| slice(y).chunks_exact(cols));
+    let mut db = db.map(slice_mut);
     for (r, row) in slice_mut(dy).chunks_exact_mut(cols).enumerate() {
-        if let Some(y) = relu_output {
-            relu_backward(row, &slice(y)[r * cols..][..cols]);
+        if let Some(y_row) = relu_rows.as_mut().and_then(Iterator::next) {
+            relu_backward(row, y_row);
         }
         if let Some(db) = db.as_deref_mut() {
-            db[(r, 0)] = sum(row);
+            db[r] = sum(row);
         }
     }
 }
