@@ -92,10 +92,7 @@ impl<'p> Tape<'p> {
                 ),
             ));
         }
-        let bias_values = match bias {
-            Some(bias) => Some(self.bias_values(bias, rows)?),
-            None => None,
-        };
+        let bias_values = bias.map(|b| self.bias_values(b, rows)).transpose()?;
         let batch = x.ncols();
         let mut y = self.alloc(rows, batch);
         let weight_value = &self.params().get(weight).value;
