@@ -8,10 +8,11 @@ use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use sparsetrain::autograd::{DenseKernels, Tape};
 use sparsetrain::conv::ConvGeometry;
+use sparsetrain::dense;
 use sparsetrain::params::{ParamStore, ParamValue};
 use sparsetrain::sparse::{
-    Epilogue, InstructionSet, SparseMatrix, sddmm_using, spmm, spmm_then_using,
-    spmm_transposed_using, spmm_using,
+    Epilogue, InstructionSet, SparseMatrix, epilogue_backward_using, sddmm_using, spmm,
+    spmm_then_using, spmm_transposed_using, spmm_using,
 };
 
 /// A random sparse matrix, an input `x` (cols × batch) and an output
@@ -141,6 +142,40 @@ proptest! {
     #[test]
     fn kernels_match_dense_products(p in problems(300)) {
         check_against_dense(&p);
+    }
+
+    /// The epilogue's backward pass, every instruction set, against the
+    /// scalar definition: ReLU's mask (NaN and zero outputs block the
+    /// gradient) and the bias gradient as `dense::sum` adds a row, to the
+    /// bit. Widths cover no whole block of 16, whole blocks, and a tail.
+    #[test]
+    fn epilogue_backward_matches_the_scalar_definition(
+        rows in 0usize..6,
+        cols in 0usize..70,
+        seed in any::<u64>(),
+    ) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let dy = Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0));
+        let y = Array2::from_shape_simple_fn((rows, cols), || match rng.random_range(0..4) {
+            0 => 0.0,
+            1 => f32::NAN,
+            _ => rng.random_range(-1.0f32..1.0),
+        });
+        let masked = ndarray::Zip::from(&dy).and(&y).map_collect(|&g, &v| if v > 0.0 { g } else { 0.0 });
+        for isa in InstructionSet::available() {
+            for relu in [false, true] {
+                let expected = if relu { &masked } else { &dy };
+                let sums: Vec<f32> = expected.rows().into_iter().map(|r| dense::sum(r.as_slice().unwrap())).collect();
+                let mut grad = dy.clone();
+                let mut bias_grad = vec![f32::NAN; rows];
+                epilogue_backward_using(isa, grad.view_mut(), relu.then(|| y.view()), Some(&mut bias_grad));
+                prop_assert_eq!(&grad, expected, "{} masked wrongly (relu {})", isa, relu);
+                prop_assert_eq!(bias_grad.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), sums.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{}: bias gradient", isa);
+                let mut grad = dy.clone();
+                epilogue_backward_using(isa, grad.view_mut(), relu.then(|| y.view()), None);
+                prop_assert_eq!(&grad, expected, "{} without a bias (relu {})", isa, relu);
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use rand::RngExt;
 use super::tape::{BackwardPass, Op, Tape, Var};
 use super::workspace::Workspace;
 use crate::error::{Error, Result};
-use crate::sparse::relu;
+use crate::sparse::{epilogue_backward, relu};
 
 /// `y = max(x, 0)`.
 #[derive(Debug)]
@@ -107,7 +107,7 @@ impl Relu {
     /// The gradient passes where the output is positive. Reusing `dy`'s buffer
     /// for `dx` avoids an allocation; `y > 0` is the same test as `x > 0`.
     pub(crate) fn backward(&self, mut dy: Array2<f32>, y: &Array2<f32>, pass: &mut BackwardPass) {
-        relu_backward(slice_mut(&mut dy), slice(y));
+        epilogue_backward(dy.view_mut(), Some(y.view()), None);
         pass.accumulate(self.input, dy);
     }
 }
@@ -139,13 +139,6 @@ impl Dropout {
             }
         }
         pass.accumulate(self.input, dy);
-    }
-}
-
-/// ReLU's gradient in place: `dy` passes where the output `y` is positive.
-pub(crate) fn relu_backward(dy: &mut [f32], y: &[f32]) {
-    for (g, &out) in dy.iter_mut().zip(y) {
-        *g = if out > 0.0 { *g } else { 0.0 };
     }
 }
 

@@ -10,14 +10,13 @@
 
 use ndarray::Array2;
 
-use super::elementwise::{relu_backward, slice, slice_mut};
+use super::elementwise::{slice, slice_mut};
 use super::tape::{BackwardPass, GradientFactors, Op, ParamGrad, Tape, Var};
 use super::weight_product::WeightProduct;
 use super::workspace::Workspace;
-use crate::dense::sum;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamValue};
-use crate::sparse::Epilogue;
+use crate::sparse::{Epilogue, epilogue_backward};
 
 /// `Y = act(W·X + b)`, for a sparse or dense `W`, the bias optional.
 #[derive(Debug)]
@@ -210,22 +209,16 @@ impl AddBias {
     }
 }
 
-/// Row by row (each in L1 while it is read twice): `dY ← dY ⊙ [y > 0]` if a
-/// ReLU's output `y` is given, then `db = Σ_batch dY` if `db` is given.
+/// `dY ← dY ⊙ [y > 0]` if a ReLU's output `y` is given, then `db = Σ_batch
+/// dY` if `db` is given: one pass ([`epilogue_backward`]).
 fn through_relu_and_bias(
     dy: &mut Array2<f32>,
     relu_output: Option<&Array2<f32>>,
     db: Option<&mut Array2<f32>>,
 ) {
-    let cols = dy.ncols().max(1);
-    let mut relu_rows = relu_output.map(|y| slice(y).chunks_exact(cols));
-    let mut db = db.map(slice_mut);
-    for (r, row) in slice_mut(dy).chunks_exact_mut(cols).enumerate() {
-        if let Some(y_row) = relu_rows.as_mut().and_then(Iterator::next) {
-            relu_backward(row, y_row);
-        }
-        if let Some(db) = db.as_deref_mut() {
-            db[r] = sum(row);
-        }
-    }
+    epilogue_backward(
+        dy.view_mut(),
+        relu_output.map(|y| y.view()),
+        db.map(slice_mut),
+    );
 }

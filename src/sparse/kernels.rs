@@ -31,7 +31,9 @@ use std::ops::Range;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 
 use super::matrix::SparseMatrix;
-use super::simd::{DotBlock, InstructionSet, SumBlock, dot_products, weighted_sums};
+use super::simd::{
+    DotBlock, EpilogueGrads, InstructionSet, SumBlock, dot_products, epilogue_grads, weighted_sums,
+};
 
 /// Below this many multiply-adds a block is not split further.
 /// Measured: at 2¹⁶ one task runs for ~5 µs, a few times rayon's dispatch cost.
@@ -92,6 +94,69 @@ impl Epilogue<'_> {
             }
         }
     }
+}
+
+/// The backward pass of an [`Epilogue`], in place: `dy ← dy ⊙ [y > 0]` if
+/// the forward applied a ReLU (`relu_output` is its output `y`), then
+/// `bias_grad[r] = Σ dy[r, :]` if it added a bias. One pass over `dy`, row by
+/// row, in SIMD registers; the sums are [`crate::dense::sum`]'s, to the bit.
+///
+/// ```
+/// use ndarray::array;
+/// use sparsetrain::sparse::epilogue_backward;
+///
+/// let y = array![[2.5f32, 0.0], [0.0, 1.0]]; // a ReLU's output
+/// let mut dy = array![[1.0f32, 2.0], [3.0, 4.0]];
+/// let mut bias_grad = [0.0; 2];
+/// epilogue_backward(dy.view_mut(), Some(y.view()), Some(&mut bias_grad));
+/// assert_eq!(dy, array![[1.0, 0.0], [0.0, 4.0]]);
+/// assert_eq!(bias_grad, [1.0, 4.0]);
+/// ```
+///
+/// # Panics
+/// If the shapes disagree or an array is not in standard (row-major) layout.
+pub fn epilogue_backward(
+    dy: ArrayViewMut2<f32>,
+    relu_output: Option<ArrayView2<f32>>,
+    bias_grad: Option<&mut [f32]>,
+) {
+    epilogue_backward_using(InstructionSet::best(), dy, relu_output, bias_grad);
+}
+
+/// [`epilogue_backward`] with the inner loops of `isa`.
+///
+/// # Panics
+/// As [`epilogue_backward`], and if this CPU lacks `isa`.
+pub fn epilogue_backward_using(
+    isa: InstructionSet,
+    mut dy: ArrayViewMut2<f32>,
+    relu_output: Option<ArrayView2<f32>>,
+    bias_grad: Option<&mut [f32]>,
+) {
+    let (rows, cols) = dy.dim();
+    if let Some(y) = &relu_output {
+        assert_eq!(
+            y.dim(),
+            (rows, cols),
+            "epilogue_backward: y and dy differ in shape"
+        );
+    }
+    if let Some(bias_grad) = &bias_grad {
+        assert_eq!(bias_grad.len(), rows, "epilogue_backward: one bias per row");
+    }
+    let block = EpilogueGrads {
+        dy: dy
+            .as_slice_mut()
+            .expect("epilogue_backward: dy must be row-major and contiguous"),
+        relu_output: relu_output.map(|y| {
+            y.to_slice()
+                .expect("epilogue_backward: y must be row-major and contiguous")
+        }),
+        bias_grad,
+        rows,
+        cols,
+    };
+    epilogue_grads(isa, block);
 }
 
 /// `max(v, 0)` as the kernels compute it: `v` if `v > 0`, else `0` (also for NaN).

@@ -6,8 +6,8 @@ mod simd;
 
 pub(crate) use kernels::add_weighted_rows;
 pub use kernels::{
-    Epilogue, relu, sddmm, sddmm_using, spmm, spmm_then, spmm_then_using, spmm_transposed,
-    spmm_transposed_using, spmm_using,
+    Epilogue, epilogue_backward, epilogue_backward_using, relu, sddmm, sddmm_using, spmm,
+    spmm_then, spmm_then_using, spmm_transposed, spmm_transposed_using, spmm_using,
 };
 pub use matrix::{ChannelUsage, SparseMatrix, TransposeIndex, ValueOrigins};
 pub use simd::InstructionSet;

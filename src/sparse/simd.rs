@@ -119,6 +119,11 @@ trait Vector: Copy {
     /// beyond `src + lanes` is read.
     unsafe fn load16(src: *const f32, lanes: usize) -> Self::Sixteen;
     unsafe fn mul_add16(a: Self::Sixteen, b: Self::Sixteen, c: Self::Sixteen) -> Self::Sixteen;
+    unsafe fn add16(a: Self::Sixteen, b: Self::Sixteen) -> Self::Sixteen;
+    /// Writes the first `lanes` (≤ 16) floats to `dst`, nothing beyond.
+    unsafe fn store16(v: Self::Sixteen, dst: *mut f32, lanes: usize);
+    /// Lane by lane `y > 0 ? v : 0` (so `0` where `y` is NaN): ReLU's gradient.
+    unsafe fn where_positive16(v: Self::Sixteen, y: Self::Sixteen) -> Self::Sixteen;
     /// The sum of the 16 lanes as a tree: lanes `i` and `i + 8` first, then
     /// `i` and `i + 4`, then `(0 + 2) + (1 + 3)`.
     unsafe fn sum16(v: Self::Sixteen) -> f32;
@@ -212,6 +217,20 @@ impl Vector for Portable {
     #[inline(always)]
     unsafe fn mul_add16(a: Self, b: Self, c: Self) -> Self {
         unsafe { Self::mul_add(a, b, c) }
+    }
+    #[inline(always)]
+    unsafe fn add16(a: Self, b: Self) -> Self {
+        unsafe { Self::add(a, b) }
+    }
+    #[inline(always)]
+    unsafe fn store16(v: Self, dst: *mut f32, lanes: usize) {
+        unsafe { v.store(dst, lanes) }
+    }
+    #[inline(always)]
+    unsafe fn where_positive16(v: Self, y: Self) -> Self {
+        Portable(std::array::from_fn(
+            |l| if y.0[l] > 0.0 { v.0[l] } else { 0.0 },
+        ))
     }
     #[inline(always)]
     unsafe fn sum16(v: Self) -> f32 {
@@ -313,6 +332,25 @@ mod x86 {
             ]
         }
         #[inline(always)]
+        unsafe fn add16(a: [__m256; 2], b: [__m256; 2]) -> [__m256; 2] {
+            [_mm256_add_ps(a[0], b[0]), _mm256_add_ps(a[1], b[1])]
+        }
+        #[inline(always)]
+        unsafe fn store16(v: [__m256; 2], dst: *mut f32, lanes: usize) {
+            // SAFETY: the caller guarantees `lanes` writable floats at `dst`;
+            // the second half is written only where it has lanes.
+            Avx2(v[0]).store(dst, lanes.min(8));
+            if lanes > 8 {
+                Avx2(v[1]).store(dst.add(8), lanes - 8);
+            }
+        }
+        #[inline(always)]
+        unsafe fn where_positive16(v: [__m256; 2], y: [__m256; 2]) -> [__m256; 2] {
+            // The comparison gives all-ones lanes where `y > 0` (false for NaN).
+            let keep = |v, y| _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_GT_OQ>(y, _mm256_setzero_ps()));
+            [keep(v[0], y[0]), keep(v[1], y[1])]
+        }
+        #[inline(always)]
         unsafe fn sum16(v: [__m256; 2]) -> f32 {
             sum8(_mm256_add_ps(v[0], v[1]))
         }
@@ -387,6 +425,25 @@ mod x86 {
             Self::mul_add(a, b, c)
         }
         #[inline(always)]
+        unsafe fn add16(a: Self, b: Self) -> Self {
+            Self::add(a, b)
+        }
+        #[inline(always)]
+        unsafe fn store16(v: Self, dst: *mut f32, lanes: usize) {
+            // SAFETY: forwarded to `store`, which writes `lanes` floats only.
+            if lanes == 16 {
+                _mm512_storeu_ps(dst, v.0)
+            } else {
+                v.store(dst, lanes)
+            }
+        }
+        #[inline(always)]
+        unsafe fn where_positive16(v: Self, y: Self) -> Self {
+            // The comparison is false for NaN, so those lanes become zero.
+            let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(y.0, _mm512_setzero_ps());
+            Avx512(_mm512_maskz_mov_ps(positive, v.0))
+        }
+        #[inline(always)]
         unsafe fn sum16(v: Self) -> f32 {
             let low = _mm512_castps512_ps256(v.0);
             let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v.0), 1));
@@ -437,7 +494,7 @@ mod x86 {
     /// The entry points: the generic kernels compiled with each feature set.
     /// Callers must have checked the features at run time.
     macro_rules! entry_points {
-        ($vector:ty, $features:literal, $sums:ident, $dots:ident) => {
+        ($vector:ty, $features:literal, $sums:ident, $dots:ident, $epilogue:ident) => {
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $sums<I: Iterator<Item = (f32, usize)> + Clone>(
                 block: &mut super::SumBlock<'_>,
@@ -452,10 +509,22 @@ mod x86 {
                 // SAFETY: forwarded from the caller.
                 super::dot_products_with::<$vector>(block, grad)
             }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $epilogue(block: &mut super::EpilogueGrads<'_>) {
+                // SAFETY: forwarded from the caller.
+                super::epilogue_grads_with::<$vector>(block)
+            }
         };
     }
-    entry_points!(Avx2, "avx2,fma", sums_avx2, dots_avx2);
-    entry_points!(Avx512, "avx512f,avx2,fma", sums_avx512, dots_avx512);
+    entry_points!(Avx2, "avx2,fma", sums_avx2, dots_avx2, epilogue_avx2);
+    entry_points!(
+        Avx512,
+        "avx512f,avx2,fma",
+        sums_avx512,
+        dots_avx512,
+        epilogue_avx512
+    );
 }
 
 /// One task of `Y = W·X` or `dX = Wᵀ·dY`: output rows `rows`, batch columns
@@ -488,6 +557,18 @@ pub(super) struct DotBlock<'a> {
     /// `W.cols() × batch`.
     pub x: &'a [f32],
     pub batch: usize,
+}
+
+/// The backward pass of an [`Epilogue`] over a `rows × cols` gradient `dy`.
+pub(super) struct EpilogueGrads<'a> {
+    /// `dY`, row-major, `cols` floats a row; masked in place.
+    pub dy: &'a mut [f32],
+    /// The forward output `y` (same shape) if a ReLU was applied.
+    pub relu_output: Option<&'a [f32]>,
+    /// One sum of `dY` per row, if the forward added a bias.
+    pub bias_grad: Option<&'a mut [f32]>,
+    pub rows: usize,
+    pub cols: usize,
 }
 
 /// Computes `block` with `isa`: `out[r, c] = Σ w · source[i, c]` over the
@@ -552,6 +633,38 @@ pub(super) fn dot_products(isa: InstructionSet, block: DotBlock<'_>, grad: &mut 
     }
 }
 
+/// Computes `block` with `isa`: `dy ← dy ⊙ [y > 0]` where the ReLU's
+/// output is given, then each row's sum into `bias_grad` where that is given,
+/// the sum of [`crate::dense::sum`] to the bit.
+///
+/// # Panics
+/// If the slices' lengths disagree, or `isa` is not available on this CPU.
+pub(super) fn epilogue_grads(isa: InstructionSet, mut block: EpilogueGrads<'_>) {
+    let len = block.rows * block.cols;
+    assert_eq!(block.dy.len(), len, "dy is not rows × cols");
+    assert!(block.relu_output.is_none_or(|y| y.len() == len));
+    assert!(
+        block
+            .bias_grad
+            .as_ref()
+            .is_none_or(|b| b.len() == block.rows)
+    );
+    assert!(isa.is_available(), "{isa} is not available on this CPU");
+    // SAFETY: `isa` is available (checked above); the generic code reads and
+    // writes through checked slices.
+    unsafe {
+        match isa {
+            InstructionSet::Portable => epilogue_portable(&mut block),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx2 => x86::epilogue_avx2(&mut block),
+            #[cfg(target_arch = "x86_64")]
+            InstructionSet::Avx512 => x86::epilogue_avx512(&mut block),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!("checked by is_available"),
+        }
+    }
+}
+
 /// The portable entry points: the generic code with the build's own target.
 unsafe fn sums_portable<I: Iterator<Item = (f32, usize)> + Clone>(
     block: &mut SumBlock<'_>,
@@ -564,6 +677,11 @@ unsafe fn sums_portable<I: Iterator<Item = (f32, usize)> + Clone>(
 unsafe fn dots_portable(block: &DotBlock<'_>, grad: &mut [f32]) {
     // SAFETY: the portable vector needs no CPU feature.
     unsafe { dot_products_with::<Portable>(block, grad) }
+}
+
+unsafe fn epilogue_portable(block: &mut EpilogueGrads<'_>) {
+    // SAFETY: the portable vector needs no CPU feature.
+    unsafe { epilogue_grads_with::<Portable>(block) }
 }
 
 /// [`weighted_sums`] with vectors `V`: the batch columns in chunks of up to
@@ -775,5 +893,42 @@ unsafe fn dots<V: Vector, const G: usize>(a: &[f32], b: [&[f32]; G]) -> [f32; G]
             *out = V::sum16(sum);
         }
         out
+    }
+}
+
+/// [`epilogue_grads`] with vectors `V`, row by row in blocks of 16 columns:
+/// the ReLU mask applied and stored, whole blocks added into 16 partial sums
+/// and the partial last block's values added one by one after the tree, as
+/// [`crate::dense::sum`] does.
+///
+/// # Safety
+/// `V`'s instructions must be available.
+#[inline(always)]
+unsafe fn epilogue_grads_with<V: Vector>(block: &mut EpilogueGrads<'_>) {
+    let cols = block.cols;
+    let whole = cols / 16 * 16;
+    for r in 0..block.rows {
+        let dy = &mut block.dy[r * cols..][..cols];
+        let y = block.relu_output.map(|y| &y[r * cols..][..cols]);
+        // SAFETY: `V` is available (forwarded); every load and store covers
+        // the `lanes ≤ cols − start` floats left of a row of `cols` floats.
+        unsafe {
+            let mut sums = V::zero16();
+            for start in (0..cols).step_by(16) {
+                let lanes = (cols - start).min(16);
+                let mut grad = V::load16(dy.as_ptr().add(start), lanes);
+                if let Some(y) = y {
+                    grad = V::where_positive16(grad, V::load16(y.as_ptr().add(start), lanes));
+                    V::store16(grad, dy.as_mut_ptr().add(start), lanes);
+                }
+                if lanes == 16 {
+                    sums = V::add16(sums, grad);
+                }
+            }
+            if let Some(bias_grad) = block.bias_grad.as_deref_mut() {
+                let tail: f32 = dy[whole..].iter().sum();
+                bias_grad[r] = V::sum16(sums) + tail;
+            }
+        }
     }
 }
