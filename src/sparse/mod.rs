@@ -11,3 +11,4 @@ pub use kernels::{
 };
 pub use matrix::{ChannelUsage, SparseMatrix, TransposeIndex, ValueOrigins};
 pub use simd::InstructionSet;
+pub(crate) use simd::push_off_background;

@@ -485,6 +485,51 @@ mod x86 {
         }
     }
 
+    /// [`super::push_off_background`] with AVX-512: 16 values at a time are
+    /// compared with the background, and those that differ (minus it) and
+    /// their positions are packed to the front of two registers (in-register
+    /// compression: the memory form is slow on some CPUs) and stored whole
+    /// at the vectors' ends, which then move on by the number kept.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn push_off_background_avx512(
+        values: &[f32],
+        background: f32,
+        first: u32,
+        positions: &mut Vec<u32>,
+        offsets: &mut Vec<f32>,
+    ) {
+        let n = values.len();
+        // Room for every value plus one whole vector: a store writes 16
+        // lanes, of which only the kept ones become part of the vectors.
+        positions.reserve(n + 16);
+        offsets.reserve(n + 16);
+        let b = _mm512_set1_ps(background);
+        let lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+        let (positions_end, offsets_end) = (positions.len(), offsets.len());
+        let mut kept = 0;
+        for start in (0..n).step_by(16) {
+            let mask = lane_mask((n - start).min(16));
+            // Lanes beyond `n` are neither read nor kept.
+            let x = _mm512_maskz_loadu_ps(mask, values.as_ptr().add(start));
+            let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(mask, x, b);
+            let position = _mm512_add_epi32(lane, _mm512_set1_epi32((first + start as u32) as i32));
+            // In bounds: `kept ≤ start`, so the 16 lanes end by `n + 16`.
+            _mm512_storeu_epi32(
+                positions.as_mut_ptr().add(positions_end + kept).cast(),
+                _mm512_maskz_compress_epi32(keep, position),
+            );
+            _mm512_storeu_ps(
+                offsets.as_mut_ptr().add(offsets_end + kept),
+                _mm512_maskz_compress_ps(keep, _mm512_sub_ps(x, b)),
+            );
+            kept += keep.count_ones() as usize;
+        }
+        // SAFETY: the first `kept` lanes past the old ends were written above
+        // (a `u32` and an `f32` are valid for any bits), within the capacity.
+        positions.set_len(positions_end + kept);
+        offsets.set_len(offsets_end + kept);
+    }
+
     /// The mask of the first `lanes` (≤ 16) lanes.
     #[inline(always)]
     fn lane_mask(lanes: usize) -> __mmask16 {
@@ -929,6 +974,93 @@ unsafe fn epilogue_grads_with<V: Vector>(block: &mut EpilogueGrads<'_>) {
                 let tail: f32 = dy[whole..].iter().sum();
                 bias_grad[r] = V::sum16(sums) + tail;
             }
+        }
+    }
+}
+
+/// Appends `first + k` to `positions` and `values[k] − background` to
+/// `offsets` for every `values[k]` that differs from `background` (NaN
+/// included), in order: the sparse part of a mostly constant row. AVX-512
+/// compresses 16 values at a time; other instruction sets take the plain loop.
+///
+/// # Panics
+/// If `isa` is not available on this CPU.
+pub(crate) fn push_off_background(
+    isa: InstructionSet,
+    values: &[f32],
+    background: f32,
+    first: u32,
+    positions: &mut Vec<u32>,
+    offsets: &mut Vec<f32>,
+) {
+    assert!(isa.is_available(), "{isa} is not available on this CPU");
+    #[cfg(target_arch = "x86_64")]
+    if isa == InstructionSet::Avx512 {
+        // SAFETY: AVX-512 is available (checked above).
+        unsafe {
+            x86::push_off_background_avx512(values, background, first, positions, offsets);
+        }
+        return;
+    }
+    for (k, &x) in values.iter().enumerate() {
+        if x != background {
+            positions.push(first + k as u32);
+            offsets.push(x - background);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every instruction set keeps the same values, in order, as the
+        /// plain definition: rows shorter than a vector, whole vectors and a
+        /// tail; all, none or some values on the background; NaN kept, `−0`
+        /// taken as the background `0`.
+        #[test]
+        fn push_off_background_keeps_what_differs(
+            values in prop::collection::vec(
+                prop_oneof![Just(0.0f32), Just(-0.0), Just(f32::NAN), -2.0f32..2.0],
+                0..70,
+            ),
+            first in 0u32..1000,
+            already in 0usize..20,
+        ) {
+            let expected: Vec<(u32, f32)> = (values.iter().enumerate())
+                .filter(|&(_, &x)| x != 0.0)
+                .map(|(k, &x)| (first + k as u32, x - 0.0))
+                .collect();
+            for isa in InstructionSet::available() {
+                // Appends after what the vectors already hold.
+                let mut positions = vec![7; already];
+                let mut offsets = vec![0.5; already];
+                push_off_background(isa, &values, 0.0, first, &mut positions, &mut offsets);
+                prop_assert_eq!(&positions[..already], &vec![7; already][..]);
+                let got: Vec<(u32, f32)> = positions[already..]
+                    .iter()
+                    .copied()
+                    .zip(offsets[already..].iter().copied())
+                    .collect();
+                prop_assert_eq!(got.len(), expected.len(), "{}", isa);
+                for ((p, v), (ep, ev)) in got.iter().zip(&expected) {
+                    prop_assert_eq!(p, ep);
+                    prop_assert_eq!(v.to_bits(), ev.to_bits(), "{}", isa);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn push_off_background_subtracts_the_background() {
+        for isa in InstructionSet::available() {
+            let (mut positions, mut offsets) = (Vec::new(), Vec::new());
+            let values = [-0.5f32, 1.5, -0.5, -0.5, 0.0];
+            push_off_background(isa, &values, -0.5, 10, &mut positions, &mut offsets);
+            assert_eq!(positions, [11, 14], "{isa}");
+            assert_eq!(offsets, [2.0, 0.5], "{isa}");
         }
     }
 }

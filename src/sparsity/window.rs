@@ -14,7 +14,7 @@ use crate::checkpoint::{Checkpoint, Contents, Tensor};
 use crate::dense::gemm;
 use crate::error::{Error, Result};
 use crate::params::{ParamId, ParamStore};
-use crate::sparse::add_weighted_rows;
+use crate::sparse::{InstructionSet, add_weighted_rows, push_off_background};
 
 /// A window stacks a layer's inputs sparsely ([`SparseInputStack`]) when at
 /// most this fraction of its first step's inputs differ from their minimum.
@@ -433,12 +433,14 @@ pub(crate) struct SparseInputStack {
     cols: usize,
     /// `dYᵀ`: row `k` holds the output gradients of sample `k` of the window.
     grad_rows: Vec<f32>,
-    /// `(sample, x − b)` of every input off the background, in parts (one
-    /// per factor pair pushed, so a step appends to one buffer instead of
-    /// one per feature), a part's entries grouped by feature in sample order.
-    entries: Vec<(u32, f32)>,
-    /// Per part, `cols + 1` offsets into `entries`: feature `j` of part `p`
-    /// is `entries[bounds[p·(cols+1) + j]..bounds[p·(cols+1) + j + 1]]`.
+    /// The sample of every input off the background, in parts (one per
+    /// factor pair pushed, so a step appends to one buffer instead of one per
+    /// feature), a part's entries grouped by feature in sample order.
+    entry_samples: Vec<u32>,
+    /// `x − b` of the same inputs.
+    entry_values: Vec<f32>,
+    /// Per part, `cols + 1` offsets into the entries: feature `j` of part `p`
+    /// is entries `bounds[p·(cols+1) + j]..bounds[p·(cols+1) + j + 1]`.
     bounds: Vec<usize>,
     /// The first sample of every part; a part ends where the next begins.
     part_starts: Vec<usize>,
@@ -455,10 +457,15 @@ impl SparseInputStack {
         self.grad_rows.len() / self.rows.max(1)
     }
 
-    /// The stored inputs of feature `j` in part `p`, in sample order.
-    fn part_feature(&self, p: usize, j: usize) -> &[(u32, f32)] {
+    /// The stored inputs of feature `j` in part `p`, in sample order: their
+    /// samples and values.
+    fn part_feature(&self, p: usize, j: usize) -> (&[u32], &[f32]) {
         let bounds = &self.bounds[p * (self.cols + 1) + j..][..2];
-        &self.entries[bounds[0]..bounds[1]]
+        let entries = bounds[0]..bounds[1];
+        (
+            &self.entry_samples[entries.clone()],
+            &self.entry_values[entries],
+        )
     }
 
     /// Where each feature's entries start when all parts' are put together
@@ -467,7 +474,7 @@ impl SparseInputStack {
         std::iter::once(0)
             .chain((0..self.cols).scan(0, |end, j| {
                 *end += (0..self.part_starts.len())
-                    .map(|p| self.part_feature(p, j).len())
+                    .map(|p| self.part_feature(p, j).0.len())
                     .sum::<usize>();
                 Some(*end)
             }))
@@ -492,37 +499,31 @@ impl SparseInputStack {
             if batch == 0 {
                 continue;
             }
-            self.grad_rows.resize((first + batch) * rows, 0.0);
-            let transposed = &mut self.grad_rows[first * rows..];
-            // 16 rows at a time, so each sample's writes fill one cache line.
+            // Sample by sample: a sample's column of `dY` touches `rows`
+            // cache lines, which the next 15 samples' columns read again
+            // from L1; the writes run in order.
             let grads = f.output_grad.as_slice().expect("factors are contiguous");
-            for (tile, grads) in grads.chunks(16 * batch).enumerate() {
-                for k in 0..batch {
-                    let out = &mut transposed[k * rows + 16 * tile..];
-                    for (o, row) in out.iter_mut().zip(grads.chunks_exact(batch)) {
-                        *o = row[k];
-                    }
-                }
+            self.grad_rows.reserve(batch * rows);
+            for k in 0..batch {
+                let column = grads[k..].iter().step_by(batch);
+                self.grad_rows.extend(column.take(rows));
             }
             let inputs = f.input.as_slice().expect("factors are contiguous");
             assert_eq!(inputs.len(), cols * batch, "inputs of a {cols}-input layer");
             self.part_starts.push(first);
+            let isa = InstructionSet::best();
             for inputs in inputs.chunks_exact(batch) {
-                self.bounds.push(self.entries.len());
-                // Many features (an image's border) are background in the whole batch.
-                if inputs.iter().all(|&x| x == background) {
-                    continue;
-                }
-                // Branch-free: write every value, keep those off the background.
-                let mut end = self.entries.len();
-                self.entries.resize(end + batch, (0, 0.0));
-                for (k, &x) in inputs.iter().enumerate() {
-                    self.entries[end] = ((first + k) as u32, x - background);
-                    end += usize::from(x != background);
-                }
-                self.entries.truncate(end);
+                self.bounds.push(self.entry_samples.len());
+                push_off_background(
+                    isa,
+                    inputs,
+                    background,
+                    first as u32,
+                    &mut self.entry_samples,
+                    &mut self.entry_values,
+                );
             }
-            self.bounds.push(self.entries.len());
+            self.bounds.push(self.entry_samples.len());
         }
     }
 
@@ -569,7 +570,7 @@ impl SparseInputStack {
         tasks.into_par_iter().for_each(|(first, mut out)| {
             // A block's entries of this task's features, copied out of the
             // parts that hold them so that each feature's are one slice.
-            let mut block_entries = Vec::new();
+            let (mut block_samples, mut block_values) = (Vec::new(), Vec::new());
             let mut block_bounds = Vec::with_capacity(out.nrows() + 1);
             for start in (0..samples).step_by(SAMPLE_BLOCK) {
                 let end = samples.min(start + SAMPLE_BLOCK);
@@ -578,22 +579,25 @@ impl SparseInputStack {
                     .partition_point(|&s| s <= start)
                     .saturating_sub(1)
                     ..stack.part_starts.partition_point(|&s| s < end);
-                block_entries.clear();
+                block_samples.clear();
+                block_values.clear();
                 block_bounds.clear();
                 block_bounds.push(0);
                 for j in first..first + out.nrows() {
                     for p in parts.clone() {
-                        let feature = stack.part_feature(p, j);
-                        let from = feature.partition_point(|&(k, _)| (k as usize) < start);
-                        let to = feature.partition_point(|&(k, _)| (k as usize) < end);
-                        block_entries.extend_from_slice(&feature[from..to]);
+                        let (samples, values) = stack.part_feature(p, j);
+                        let from = samples.partition_point(|&k| (k as usize) < start);
+                        let to = samples.partition_point(|&k| (k as usize) < end);
+                        block_samples.extend_from_slice(&samples[from..to]);
+                        block_values.extend_from_slice(&values[from..to]);
                     }
-                    block_bounds.push(block_entries.len());
+                    block_bounds.push(block_samples.len());
                 }
                 let entries = |j: usize| {
-                    block_entries[block_bounds[j]..block_bounds[j + 1]]
-                        .iter()
-                        .map(|&(k, s)| (s, k as usize))
+                    let entries = block_bounds[j]..block_bounds[j + 1];
+                    (block_values[entries.clone()].iter())
+                        .zip(&block_samples[entries])
+                        .map(|(&s, &k)| (s, k as usize))
                 };
                 add_weighted_rows(&entries, grad_rows, out.view_mut());
             }
@@ -607,7 +611,8 @@ impl SparseInputStack {
     /// Empties the window, keeping the buffers for the next one.
     fn clear(&mut self) {
         self.grad_rows.clear();
-        self.entries.clear();
+        self.entry_samples.clear();
+        self.entry_values.clear();
         self.bounds.clear();
         self.part_starts.clear();
         self.step_starts.clear();
@@ -617,9 +622,10 @@ impl SparseInputStack {
     fn save(&self, contents: &mut Contents, prefix: &str) {
         let as_i64 = |values: &mut dyn Iterator<Item = usize>| values.map(|v| v as i64).collect();
         let starts = self.feature_starts();
-        let entries = (0..self.cols)
-            .flat_map(|j| (0..self.part_starts.len()).flat_map(move |p| self.part_feature(p, j)));
-        let n = self.entries.len();
+        // Feature by feature, all parts' entries of a feature together.
+        let features = (0..self.cols)
+            .flat_map(|j| (0..self.part_starts.len()).map(move |p| self.part_feature(p, j)));
+        let n = self.entry_samples.len();
         let tensors = [
             (
                 "grad_rows",
@@ -633,12 +639,12 @@ impl SparseInputStack {
                 "entry_samples",
                 Tensor::I64(
                     vec![n],
-                    as_i64(&mut entries.clone().map(|&(k, _)| k as usize)),
+                    as_i64(&mut features.clone().flat_map(|(k, _)| k).map(|&k| k as usize)),
                 ),
             ),
             (
                 "entry_values",
-                Tensor::F32(vec![n], entries.map(|&(_, v)| v).collect()),
+                Tensor::F32(vec![n], features.flat_map(|(_, v)| v).copied().collect()),
             ),
             (
                 "step_starts",
@@ -696,12 +702,8 @@ impl SparseInputStack {
         // The stored inputs come back as one part: the product sums each
         // block's entries in sample order whatever the parts, so a resumed
         // window gives the momentum the uninterrupted one would.
-        let entries: Vec<(u32, f32)> = entry_samples
-            .iter()
-            .zip(&entry_values)
-            .map(|(&k, &v)| (k as u32, v))
-            .collect();
-        let (bounds, part_starts) = if entries.is_empty() {
+        let entry_samples: Vec<u32> = entry_samples.iter().map(|&k| k as u32).collect();
+        let (bounds, part_starts) = if entry_samples.is_empty() {
             (Vec::new(), Vec::new())
         } else {
             (starts, vec![0])
@@ -710,7 +712,8 @@ impl SparseInputStack {
             rows,
             cols,
             grad_rows,
-            entries,
+            entry_samples,
+            entry_values,
             bounds,
             part_starts,
             step_starts,
