@@ -946,32 +946,56 @@ unsafe fn dots<V: Vector, const G: usize>(a: &[f32], b: [&[f32]; G]) -> [f32; G]
 /// and the partial last block's values added one by one after the tree, as
 /// [`crate::dense::sum`] does.
 ///
+/// The partial last block is handled as the whole vector that ends the row
+/// (overlapping the block before it, whose masked values it rewrites
+/// unchanged), loaded before anything is stored to the row: masked stores,
+/// and loads that overlap a store just made, are slow.
+///
 /// # Safety
 /// `V`'s instructions must be available.
 #[inline(always)]
 unsafe fn epilogue_grads_with<V: Vector>(block: &mut EpilogueGrads<'_>) {
     let cols = block.cols;
-    let whole = cols / 16 * 16;
+    let (whole, rest) = (cols / 16 * 16, cols % 16);
+    // Where the last vector starts and how many lanes it has.
+    let (last_start, last_lanes) = if cols >= 16 {
+        (cols - 16, 16)
+    } else {
+        (0, cols)
+    };
     for r in 0..block.rows {
         let dy = &mut block.dy[r * cols..][..cols];
         let y = block.relu_output.map(|y| &y[r * cols..][..cols]);
         // SAFETY: `V` is available (forwarded); every load and store covers
-        // the `lanes ≤ cols − start` floats left of a row of `cols` floats.
+        // `lanes` floats from `start`, with `start + lanes ≤ cols`, of a row
+        // of `cols` floats.
         unsafe {
+            let masked = |dy: &[f32], start: usize, lanes: usize| {
+                let grad = V::load16(dy.as_ptr().add(start), lanes);
+                match y {
+                    Some(y) => V::where_positive16(grad, V::load16(y.as_ptr().add(start), lanes)),
+                    None => grad,
+                }
+            };
+            let last = (rest > 0).then(|| masked(dy, last_start, last_lanes));
             let mut sums = V::zero16();
-            for start in (0..cols).step_by(16) {
-                let lanes = (cols - start).min(16);
-                let mut grad = V::load16(dy.as_ptr().add(start), lanes);
-                if let Some(y) = y {
-                    grad = V::where_positive16(grad, V::load16(y.as_ptr().add(start), lanes));
-                    V::store16(grad, dy.as_mut_ptr().add(start), lanes);
+            for start in (0..whole).step_by(16) {
+                let grad = masked(dy, start, 16);
+                if y.is_some() {
+                    V::store16(grad, dy.as_mut_ptr().add(start), 16);
                 }
-                if lanes == 16 {
-                    sums = V::add16(sums, grad);
+                sums = V::add16(sums, grad);
+            }
+            let mut tail = [0.0f32; 16];
+            if let Some(last) = last {
+                if y.is_some() {
+                    V::store16(last, dy.as_mut_ptr().add(last_start), last_lanes);
                 }
+                V::store16(last, tail.as_mut_ptr(), 16);
             }
             if let Some(bias_grad) = block.bias_grad.as_deref_mut() {
-                let tail: f32 = dy[whole..].iter().sum();
+                // The row's last `rest` values: the end of the last vector.
+                let tail: f32 = tail[last_lanes - rest..last_lanes].iter().sum();
                 bias_grad[r] = V::sum16(sums) + tail;
             }
         }
