@@ -793,13 +793,17 @@ unsafe fn chunk_sums<V: Vector, I, const N: usize>(
         }
     };
     let source_rows = block.source.len() / block.stride;
+    let source = block.source.as_ptr();
     let row_stride = block.out.strides()[0];
     let out = block.out.as_mut_ptr();
     for (n, r) in block.rows.clone().enumerate() {
+        // One comparison per entry, with a message that needs nothing kept
+        // for it (a formatted row number costs a store per entry).
         let source_row = |i: usize| -> *const f32 {
-            assert!(i < source_rows, "entry names row {i} of {source_rows}");
-            // In bounds: row i holds `stride ≥ start + width` floats.
-            block.source[i * block.stride + start..].as_ptr()
+            assert!(i < source_rows, "an entry names a row beyond the source");
+            // SAFETY: row `i < source_rows` starts at `i · stride` and holds
+            // `stride ≥ start + width` floats, all inside `source`.
+            unsafe { source.add(i * block.stride + start) }
         };
         // SAFETY: `V` is available; every load reads `width` floats of one
         // source row (checked above) or of output row `n`, every store writes
