@@ -16,9 +16,17 @@ use sparsetrain::prelude::*;
 
 const STEP: f64 = 1e-2;
 
-/// A sparse weight's two ways to compute: always its sparse kernels, and
-/// dense kernels on a scratch copy, whatever the density and size.
-const SPARSE_AND_DENSE_KERNELS: [Option<DenseKernels>; 2] = [None, Some(DenseKernels::always())];
+/// [`check`] of a graph on one input, in a sparse weight's two ways to
+/// compute: always its sparse kernels, and dense kernels on a scratch copy
+/// whatever the density and size.
+fn check_both_kernels(store: &ParamStore, x: &Array2<f32>, build: impl Fn(&mut Tape, Var) -> Var) {
+    for threshold in [None, Some(DenseKernels::always())] {
+        check(store, std::slice::from_ref(x), |tape, v| {
+            tape.set_dense_kernels(threshold);
+            build(tape, v[0])
+        });
+    }
+}
 
 fn random_array(rng: &mut ChaCha8Rng, shape: (usize, usize)) -> Array2<f32> {
     Array2::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
@@ -124,12 +132,7 @@ fn sparse_matmul_gradients() {
     let w = SparseMatrix::random(7, 5, 14, &mut rng, |r| r.random_range(-1.0f32..1.0)).unwrap();
     let id = store.add("w", ParamValue::Sparse(w));
     let x = random_array(&mut rng, (5, 3));
-    for threshold in SPARSE_AND_DENSE_KERNELS {
-        check(&store, std::slice::from_ref(&x), |tape, v| {
-            tape.set_dense_kernels(threshold);
-            tape.matmul(id, v[0]).unwrap()
-        });
-    }
+    check_both_kernels(&store, &x, |tape, x| tape.matmul(id, x).unwrap());
 }
 
 #[test]
@@ -140,12 +143,7 @@ fn sparse_matmul_gradients_with_a_wide_batch() {
     let w = SparseMatrix::random(4, 6, 9, &mut rng, |r| r.random_range(-1.0f32..1.0)).unwrap();
     let id = store.add("w", ParamValue::Sparse(w));
     let x = random_array(&mut rng, (6, 37));
-    for threshold in SPARSE_AND_DENSE_KERNELS {
-        check(&store, std::slice::from_ref(&x), |tape, v| {
-            tape.set_dense_kernels(threshold);
-            tape.matmul(id, v[0]).unwrap()
-        });
-    }
+    check_both_kernels(&store, &x, |tape, x| tape.matmul(id, x).unwrap());
 }
 
 #[test]
@@ -216,16 +214,13 @@ fn fused_linear_layer_gradients() {
     // A batch over 16 runs the kernels' blocked paths and overlapping last vector.
     let x = random_array(&mut rng, (5, 19)) * 0.05;
     for activation in [Activation::Relu, Activation::Identity] {
-        for threshold in SPARSE_AND_DENSE_KERNELS {
-            check(&store, std::slice::from_ref(&x), |tape, v| {
-                tape.set_dense_kernels(threshold);
-                let h = tape.linear(sparse, Some(bias), v[0], activation).unwrap();
-                // The dense weight (and the bias again) on a second layer, so
-                // that every parameter of the store gets a gradient.
-                let y = tape.linear(dense, Some(bias), v[0], activation).unwrap();
-                tape.add(h, y).unwrap()
-            });
-        }
+        check_both_kernels(&store, &x, |tape, x| {
+            let h = tape.linear(sparse, Some(bias), x, activation).unwrap();
+            // The dense weight (and the bias again) on a second layer, so
+            // that every parameter of the store gets a gradient.
+            let y = tape.linear(dense, Some(bias), x, activation).unwrap();
+            tape.add(h, y).unwrap()
+        });
     }
 }
 
@@ -306,12 +301,7 @@ fn sparse_conv2d_gradients_with_stride_padding_and_an_unread_channel() {
     let mut store = ParamStore::new();
     let id = store.add("w", ParamValue::Sparse(w));
     let x = images(&mut rng, &geometry, 2);
-    for threshold in SPARSE_AND_DENSE_KERNELS {
-        check(&store, std::slice::from_ref(&x), |tape, v| {
-            tape.set_dense_kernels(threshold);
-            tape.conv2d(id, v[0], geometry).unwrap()
-        });
-    }
+    check_both_kernels(&store, &x, |tape, x| tape.conv2d(id, x, geometry).unwrap());
 }
 
 #[test]
@@ -330,12 +320,7 @@ fn sparse_conv2d_gradients_at_full_density_and_empty() {
         let mut store = ParamStore::new();
         let id = store.add("w", ParamValue::Sparse(w));
         let x = images(&mut rng, &geometry, 3);
-        for threshold in SPARSE_AND_DENSE_KERNELS {
-            check(&store, std::slice::from_ref(&x), |tape, v| {
-                tape.set_dense_kernels(threshold);
-                tape.conv2d(id, v[0], geometry).unwrap()
-            });
-        }
+        check_both_kernels(&store, &x, |tape, x| tape.conv2d(id, x, geometry).unwrap());
     }
 }
 

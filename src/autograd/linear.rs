@@ -161,10 +161,10 @@ impl Matmul {
     /// `dX = Wᵀ·dY`; `dW = dY·Xᵀ`, for a sparse `W` at its stored entries only
     /// (keeping the factors `dY`, `X` of the full product if growth asked).
     pub(crate) fn backward(&self, mut dy: Array2<f32>, y: &Array2<f32>, pass: &mut BackwardPass) {
-        let relu_output = (self.activation == Activation::Relu).then_some(y);
+        let relu_output = (self.activation == Activation::Relu).then(|| y.view());
         let mut db = self.bias.map(|_| pass.alloc(dy.nrows(), 1));
         if relu_output.is_some() || db.is_some() {
-            through_relu_and_bias(&mut dy, relu_output, db.as_mut());
+            epilogue_backward(dy.view_mut(), relu_output, db.as_mut().map(slice_mut));
         }
         if let (Some(bias), Some(db)) = (self.bias, db) {
             pass.accumulate_param(bias, ParamGrad::Dense(db));
@@ -203,22 +203,8 @@ impl AddBias {
     /// `dX = dY`, `db = Σ_batch dY`.
     pub(crate) fn backward(&self, mut dy: Array2<f32>, pass: &mut BackwardPass) {
         let mut db = pass.alloc(dy.nrows(), 1);
-        through_relu_and_bias(&mut dy, None, Some(&mut db));
+        epilogue_backward(dy.view_mut(), None, Some(slice_mut(&mut db)));
         pass.accumulate_param(self.bias, ParamGrad::Dense(db));
         pass.accumulate(self.input, dy);
     }
-}
-
-/// `dY ← dY ⊙ [y > 0]` if a ReLU's output `y` is given, then `db = Σ_batch
-/// dY` if `db` is given: one pass ([`epilogue_backward`]).
-fn through_relu_and_bias(
-    dy: &mut Array2<f32>,
-    relu_output: Option<&Array2<f32>>,
-    db: Option<&mut Array2<f32>>,
-) {
-    epilogue_backward(
-        dy.view_mut(),
-        relu_output.map(|y| y.view()),
-        db.map(slice_mut),
-    );
 }
