@@ -10,6 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
+use sparsetrain::aligned;
 use sparsetrain::dense::gemm;
 use sparsetrain::sparse::{SparseMatrix, sddmm, spmm, spmm_transposed};
 
@@ -17,8 +18,9 @@ const BATCHES: [usize; 2] = [64, 100];
 const SHAPES: [(usize, usize); 4] = [(300, 784), (100, 300), (10, 100), (4096, 4096)];
 const DENSITIES: [f64; 3] = [0.01, 0.02, 0.05];
 
-fn random(rng: &mut ChaCha8Rng, shape: (usize, usize)) -> Array2<f32> {
-    Array2::from_shape_simple_fn(shape, || rng.random_range(-1.0f32..1.0))
+/// Values uniform in [-1, 1), starting a cache line as in training.
+fn random(rng: &mut ChaCha8Rng, (rows, cols): (usize, usize)) -> Array2<f32> {
+    aligned::from_fn(rows, cols, || rng.random_range(-1.0f32..1.0))
 }
 
 fn kernels(c: &mut Criterion) {
@@ -29,7 +31,7 @@ fn kernels(c: &mut Criterion) {
     {
         let x = random(&mut rng, (cols, batch));
         let dy = random(&mut rng, (rows, batch));
-        let (mut y, mut dx) = (Array2::zeros((rows, batch)), Array2::zeros((cols, batch)));
+        let (mut y, mut dx) = (aligned::zeros(rows, batch), aligned::zeros(cols, batch));
         let mut group = c.benchmark_group(format!("{rows}x{cols}/batch{batch}"));
         group.sample_size(20);
         for density in DENSITIES {

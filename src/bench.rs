@@ -10,6 +10,7 @@ use ndarray::Array2;
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
+use crate::aligned;
 use crate::conv::{ConvGeometry, col2im, im2col};
 use crate::data::Dataset;
 use crate::dense::gemm;
@@ -173,12 +174,13 @@ pub fn time_kernels(
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let mut results = Vec::new();
     for &(rows, cols) in shapes {
-        let x = Array2::from_shape_simple_fn((cols, batch), || rng.random_range(-1.0f32..1.0));
-        let dy = Array2::from_shape_simple_fn((rows, batch), || rng.random_range(-1.0f32..1.0));
+        // Aligned as in training (see `crate::aligned`).
+        let x = aligned::from_fn(cols, batch, || rng.random_range(-1.0f32..1.0));
+        let dy = aligned::from_fn(rows, batch, || rng.random_range(-1.0f32..1.0));
         let dense_w = Array2::from_shape_simple_fn((rows, cols), || rng.random_range(-1.0f32..1.0));
         // Separate outputs for the sparse and the dense call, so both may write.
-        let (mut y, mut y_dense) = (Array2::zeros((rows, batch)), Array2::zeros((rows, batch)));
-        let (mut dx, mut dx_dense) = (Array2::zeros((cols, batch)), Array2::zeros((cols, batch)));
+        let (mut y, mut y_dense) = (aligned::zeros(rows, batch), aligned::zeros(rows, batch));
+        let (mut dx, mut dx_dense) = (aligned::zeros(cols, batch), aligned::zeros(cols, batch));
         let mut dw_dense = Array2::zeros((rows, cols));
         for &density in densities {
             let nnz = ((rows * cols) as f64 * density).round() as usize;

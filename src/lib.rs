@@ -49,6 +49,7 @@
 #[macro_use]
 mod choices;
 
+pub mod aligned;
 pub mod autograd;
 pub mod bench;
 pub mod checkpoint;

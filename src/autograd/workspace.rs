@@ -3,6 +3,8 @@
 
 use ndarray::Array2;
 
+use crate::aligned;
+
 use super::tape::{Gradients, Node};
 
 /// Pools of buffers. An op takes one of at least the length it needs, uses
@@ -95,8 +97,14 @@ impl Workspace {
 
     /// A `rows × cols` array whose values are unspecified (left over from an
     /// earlier use): the caller must write every value it reads.
+    /// Its first value starts a cache line ([`crate::aligned`]).
     pub fn array(&mut self, rows: usize, cols: usize) -> Array2<f32> {
-        Array2::from_shape_vec((rows, cols), self.vec(rows * cols)).expect("rows · cols values")
+        let mut array =
+            aligned::array_in(self.values.take(rows * cols + aligned::SLACK), rows, cols);
+        if self.poison {
+            array.fill(f32::NAN);
+        }
+        array
     }
 
     /// A vector of `len` unspecified values, like [`Workspace::array`].

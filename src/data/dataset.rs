@@ -20,6 +20,7 @@ use rand::rngs::ChaCha8Rng;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
+use crate::aligned;
 use crate::conv::ImageShape;
 use crate::error::{Error, Result};
 
@@ -229,7 +230,10 @@ impl Dataset {
     /// blocks the other has not reached.
     pub fn gather_batch(&self, indices: &[usize], batch: &mut Batch) {
         let (b, d) = (indices.len(), self.num_features());
-        let mut values = reuse_buffer(batch, d * b);
+        let mut inputs = reuse_buffer(batch, d, b);
+        let values = inputs
+            .as_slice_mut()
+            .expect("a fresh standard-layout array");
         values
             .par_chunks_mut(GATHER_BLOCK * b.max(1))
             .enumerate()
@@ -237,7 +241,7 @@ impl Dataset {
                 let first = block * GATHER_BLOCK;
                 self.gather_features(indices, first..(first + GATHER_BLOCK).min(d), out);
             });
-        batch.inputs = Array2::from_shape_vec((d, b), values).expect("d · batch values");
+        batch.inputs = inputs;
         self.gather_labels(indices, batch);
     }
 
@@ -295,7 +299,10 @@ impl Dataset {
             .pixels
             .as_slice()
             .expect("dataset pixels are contiguous");
-        let mut values = reuse_buffer(batch, d * b);
+        let mut inputs = reuse_buffer(batch, channels, b * plane);
+        let values = inputs
+            .as_slice_mut()
+            .expect("a fresh standard-layout array");
         for (j, &sample) in indices.iter().enumerate() {
             let image = &pixels[sample * d..][..d];
             for (c, channel) in image.chunks_exact(plane).enumerate() {
@@ -305,8 +312,7 @@ impl Dataset {
                 }
             }
         }
-        batch.inputs =
-            Array2::from_shape_vec((channels, b * plane), values).expect("d · batch values");
+        batch.inputs = inputs;
         self.gather_labels(indices, batch);
     }
 
@@ -390,17 +396,12 @@ fn transpose_16x16(block: [[u8; TILE]; TILE]) -> [[u8; TILE]; TILE] {
     std::array::from_fn(|f| std::array::from_fn(|t| block[t][f]))
 }
 
-/// The batch's input buffer, resized to `len`: the gathers overwrite every
-/// value, so a buffer of the right size is reused without clearing.
-fn reuse_buffer(batch: &mut Batch, len: usize) -> Vec<f32> {
-    let mut values = std::mem::take(&mut batch.inputs)
-        .into_raw_vec_and_offset()
-        .0;
-    if values.len() != len {
-        values.clear();
-        values.resize(len, 0.0);
-    }
-    values
+/// The batch's input buffer as a `rows × cols` array starting a cache line
+/// ([`crate::aligned`]): the gathers overwrite every value, so the buffer is
+/// reused without clearing.
+fn reuse_buffer(batch: &mut Batch, rows: usize, cols: usize) -> Array2<f32> {
+    let (buffer, _) = std::mem::take(&mut batch.inputs).into_raw_vec_and_offset();
+    aligned::array_in(buffer, rows, cols)
 }
 
 /// Training, validation and test sets, normalised with the training set's statistics.
