@@ -26,9 +26,12 @@ use ndarray::{Array1, Array2, s};
 /// Bytes in a cache line, and the alignment given.
 pub const LINE_BYTES: usize = 64;
 
+/// Floats in a cache line.
+pub const LINE_FLOATS: usize = LINE_BYTES / size_of::<f32>();
+
 /// The most floats skipped at the front of a buffer to reach a line
 /// boundary: a buffer needs this many beyond its array's.
-pub const SLACK: usize = LINE_BYTES / size_of::<f32>() - 1;
+pub const SLACK: usize = LINE_FLOATS - 1;
 
 /// A `rows × cols` standard-layout array in `buffer`, its first value
 /// 64-byte aligned. The buffer is reused: resized to hold the array and the

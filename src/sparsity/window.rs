@@ -9,6 +9,7 @@ use ndarray::{Array2, ArrayView2, Axis, s};
 use rayon::prelude::*;
 
 use super::rules::MomentumWindow;
+use crate::aligned;
 use crate::autograd::{GradientFactors, Gradients};
 use crate::checkpoint::{Checkpoint, Contents, Tensor};
 use crate::dense::gemm;
@@ -427,12 +428,18 @@ fn minimum<'g>(factors: impl Iterator<Item = &'g GradientFactors>) -> f32 {
 /// the forward kernel's inner loop, with `dYᵀ` in place of the activations.
 #[derive(Debug, Default)]
 pub(crate) struct SparseInputStack {
-    /// The layer's outputs: the length of a row of `grad_rows`.
+    /// The layer's outputs.
     rows: usize,
     /// The layer's inputs.
     cols: usize,
-    /// `dYᵀ`: row `k` holds the output gradients of sample `k` of the window.
+    /// `dYᵀ`: row `k` holds the output gradients of sample `k` of the window,
+    /// then zeros up to a whole number of cache lines ([`Self::stride`]), the
+    /// first row `lead` floats in, at a line boundary: the product reads a
+    /// row per stored input, 16 floats at a time, and a load that straddles
+    /// two lines is slow ([`crate::aligned`]).
     grad_rows: Vec<f32>,
+    /// Floats before the first row of `grad_rows`.
+    lead: usize,
     /// The sample of every input off the background, in parts (one per
     /// factor pair pushed, so a step appends to one buffer instead of one per
     /// feature), a part's entries grouped by feature in sample order.
@@ -454,7 +461,17 @@ pub(crate) struct SparseInputStack {
 impl SparseInputStack {
     /// Samples stacked so far.
     fn samples(&self) -> usize {
-        self.grad_rows.len() / self.rows.max(1)
+        (self.grad_rows.len() - self.lead) / self.stride().max(1)
+    }
+
+    /// Floats per row of `grad_rows`: the outputs rounded up to whole lines.
+    fn stride(&self) -> usize {
+        self.rows.next_multiple_of(aligned::LINE_FLOATS)
+    }
+
+    /// The rows of `grad_rows`, from the first.
+    fn grad_rows(&self) -> &[f32] {
+        &self.grad_rows[self.lead..]
     }
 
     /// The stored inputs of feature `j` in part `p`, in sample order: their
@@ -508,10 +525,21 @@ impl SparseInputStack {
                 rows * batch,
                 "output gradients of a {rows}-output layer"
             );
-            self.grad_rows.reserve(batch * rows);
+            let stride = self.stride();
+            if self.grad_rows.is_empty() {
+                // A window reuses the last one's buffer, so after the first
+                // window the rows stay where this puts them.
+                self.grad_rows.reserve(batch * stride + aligned::SLACK);
+                let lead = self.grad_rows.as_ptr().align_offset(aligned::LINE_BYTES);
+                self.lead = lead.min(aligned::SLACK);
+                self.grad_rows.resize(self.lead, 0.0);
+            }
+            self.grad_rows.reserve(batch * stride);
             for k in 0..batch {
                 let column = grads[k..].iter().step_by(batch);
                 self.grad_rows.extend(column.take(rows));
+                self.grad_rows
+                    .resize(self.grad_rows.len() + stride - rows, 0.0);
             }
             let inputs = f.input.as_slice().expect("factors are contiguous");
             assert_eq!(inputs.len(), cols * batch, "inputs of a {cols}-input layer");
@@ -533,26 +561,27 @@ impl SparseInputStack {
 
     /// `Σ_t β^(T−t) · dY_t · X_tᵀ`, the last step being `T`, as a `rows × cols` array.
     fn momentum(&mut self, decay: f32, (rows, cols): (usize, usize)) -> Array2<f32> {
-        let samples = self.samples();
+        let (samples, stride, lead) = (self.samples(), self.stride(), self.lead);
         // Weight every step's gradients, summing the background term's rows.
         let mut background_term = vec![0.0f32; rows];
         let steps = self.step_starts.len();
         for (t, &first) in self.step_starts.iter().enumerate() {
             let end = self.step_starts.get(t + 1).copied().unwrap_or(samples);
             let weight = decay.powi((steps - 1 - t) as i32);
-            for grads in self.grad_rows[first * rows..end * rows].chunks_exact_mut(rows) {
+            let window_rows = &mut self.grad_rows[lead + first * stride..lead + end * stride];
+            for grads in window_rows.chunks_exact_mut(stride) {
                 for (sum, g) in background_term.iter_mut().zip(grads) {
                     *g *= weight;
                     *sum += self.background * *g;
                 }
             }
         }
-        let grad_rows = ArrayView2::from_shape((samples, rows), &self.grad_rows[..samples * rows])
-            .expect("samples · rows gradients");
+        let grad_rows = ArrayView2::from_shape((samples, stride), self.grad_rows())
+            .expect("samples · stride gradients");
         // Mᵀ, one row per input feature: a contiguous range of features per
         // thread, balanced by stored entries, each walking the window a
         // block of samples at a time.
-        let mut transposed = Array2::zeros((cols, rows));
+        let mut transposed = aligned::zeros(cols, stride);
         debug_assert_eq!(self.cols, cols, "the stack's layer has {cols} inputs");
         let entries_prefix = self.feature_starts();
         let threads = rayon::current_num_threads();
@@ -606,6 +635,8 @@ impl SparseInputStack {
                 add_weighted_rows(&entries, grad_rows, out.view_mut());
             }
         });
+        // The padding columns (sums of zeros) go.
+        let mut transposed = transposed.slice_move(s![.., ..rows]);
         for mut row in transposed.rows_mut() {
             row.zip_mut_with(&ndarray::aview1(&background_term), |m, &b| *m += b);
         }
@@ -615,6 +646,7 @@ impl SparseInputStack {
     /// Empties the window, keeping the buffers for the next one.
     fn clear(&mut self) {
         self.grad_rows.clear();
+        self.lead = 0;
         self.entry_samples.clear();
         self.entry_values.clear();
         self.bounds.clear();
@@ -633,7 +665,13 @@ impl SparseInputStack {
         let tensors = [
             (
                 "grad_rows",
-                Tensor::F32(vec![self.samples(), self.rows], self.grad_rows.clone()),
+                Tensor::F32(
+                    vec![self.samples(), self.rows],
+                    (self.grad_rows().chunks_exact(self.stride()))
+                        .flat_map(|row| &row[..self.rows])
+                        .copied()
+                        .collect(),
+                ),
             ),
             (
                 "feature_starts",
@@ -712,10 +750,19 @@ impl SparseInputStack {
         } else {
             (starts, vec![0])
         };
+        let stride = rows.next_multiple_of(aligned::LINE_FLOATS);
+        let grad_rows = (grad_rows.chunks_exact(rows.max(1)))
+            .flat_map(|row| {
+                row.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(0.0, stride - rows))
+            })
+            .collect();
         Ok(SparseInputStack {
             rows,
             cols,
             grad_rows,
+            lead: 0,
             entry_samples,
             entry_values,
             bounds,
