@@ -1,14 +1,15 @@
 //! Arrays whose first value starts a cache line.
 //!
 //! The kernels load 16 floats, 64 bytes, at a time: one cache line if the
-//! load starts on a line boundary, two otherwise. The global allocator only
-//! promises 16-byte alignment (and glibc serves big buffers from pages it
-//! maps, 16 bytes past a page boundary, so *every* such buffer is off by 16).
+//! load starts on a line boundary, two otherwise. A `Vec<f32>` asks for
+//! 4-byte alignment and glibc's malloc gives 16 (and serves big buffers from
+//! pages it maps, 16 bytes past a page boundary, so *every* such buffer is
+//! off by 16).
 //! Measured on this project's machine (Zen 4), a 64-byte load that straddles
 //! two lines 16 bytes in is that much slower that the sparse kernels lose a
 //! quarter to a third of their speed: LeNet-300-100's fc1 forward at batch 48
 //! takes 10.3 µs on a batch 16 bytes off and 7.2 µs on an aligned one;
-//! `bench kernels` at batch 64 shows 52 → 70 GFLOP/s for the forward.
+//! `bench kernels` at batch 64 shows 66 → 85 GFLOP/s for fc1's forward at 2 %.
 //!
 //! So the arrays the kernels read in a training step (activations, their
 //! gradients, the gathered batch) start on a 64-byte boundary. A `Vec<f32>`

@@ -470,8 +470,25 @@ impl SparseInputStack {
     }
 
     /// The rows of `grad_rows`, from the first.
-    fn grad_rows(&self) -> &[f32] {
+    fn rows_from_lead(&self) -> &[f32] {
         &self.grad_rows[self.lead..]
+    }
+
+    /// Moves the rows so that the first starts a cache line again (a
+    /// reallocation may have moved the buffer), within its capacity, which
+    /// must leave [`aligned::SLACK`] floats to spare.
+    fn realign(&mut self) {
+        let filled = self.grad_rows.len() - self.lead;
+        let lead = (self.grad_rows.as_ptr())
+            .align_offset(aligned::LINE_BYTES)
+            .min(aligned::SLACK);
+        if lead > self.lead {
+            self.grad_rows.resize(lead + filled, 0.0);
+        }
+        self.grad_rows
+            .copy_within(self.lead..self.lead + filled, lead);
+        self.grad_rows.truncate(lead + filled);
+        self.lead = lead;
     }
 
     /// The stored inputs of feature `j` in part `p`, in sample order: their
@@ -526,15 +543,8 @@ impl SparseInputStack {
                 "output gradients of a {rows}-output layer"
             );
             let stride = self.stride();
-            if self.grad_rows.is_empty() {
-                // A window reuses the last one's buffer, so after the first
-                // window the rows stay where this puts them.
-                self.grad_rows.reserve(batch * stride + aligned::SLACK);
-                let lead = self.grad_rows.as_ptr().align_offset(aligned::LINE_BYTES);
-                self.lead = lead.min(aligned::SLACK);
-                self.grad_rows.resize(self.lead, 0.0);
-            }
-            self.grad_rows.reserve(batch * stride);
+            self.grad_rows.reserve(batch * stride + aligned::SLACK);
+            self.realign();
             for k in 0..batch {
                 let column = grads[k..].iter().step_by(batch);
                 self.grad_rows.extend(column.take(rows));
@@ -568,15 +578,15 @@ impl SparseInputStack {
         for (t, &first) in self.step_starts.iter().enumerate() {
             let end = self.step_starts.get(t + 1).copied().unwrap_or(samples);
             let weight = decay.powi((steps - 1 - t) as i32);
-            let window_rows = &mut self.grad_rows[lead + first * stride..lead + end * stride];
-            for grads in window_rows.chunks_exact_mut(stride) {
+            let step_rows = &mut self.grad_rows[lead + first * stride..lead + end * stride];
+            for grads in step_rows.chunks_exact_mut(stride.max(1)) {
                 for (sum, g) in background_term.iter_mut().zip(grads) {
                     *g *= weight;
                     *sum += self.background * *g;
                 }
             }
         }
-        let grad_rows = ArrayView2::from_shape((samples, stride), self.grad_rows())
+        let grad_rows = ArrayView2::from_shape((samples, stride), self.rows_from_lead())
             .expect("samples · stride gradients");
         // Mᵀ, one row per input feature: a contiguous range of features per
         // thread, balanced by stored entries, each walking the window a
@@ -667,7 +677,7 @@ impl SparseInputStack {
                 "grad_rows",
                 Tensor::F32(
                     vec![self.samples(), self.rows],
-                    (self.grad_rows().chunks_exact(self.stride()))
+                    (self.rows_from_lead().chunks_exact(self.stride().max(1)))
                         .flat_map(|row| &row[..self.rows])
                         .copied()
                         .collect(),
@@ -750,18 +760,10 @@ impl SparseInputStack {
         } else {
             (starts, vec![0])
         };
-        let stride = rows.next_multiple_of(aligned::LINE_FLOATS);
-        let grad_rows = (grad_rows.chunks_exact(rows.max(1)))
-            .flat_map(|row| {
-                row.iter()
-                    .copied()
-                    .chain(std::iter::repeat_n(0.0, stride - rows))
-            })
-            .collect();
-        Ok(SparseInputStack {
+        let mut stack = SparseInputStack {
             rows,
             cols,
-            grad_rows,
+            grad_rows: Vec::new(),
             lead: 0,
             entry_samples,
             entry_values,
@@ -769,7 +771,17 @@ impl SparseInputStack {
             part_starts,
             step_starts,
             background: background[0],
-        })
+        };
+        let stride = stack.stride();
+        stack.grad_rows.reserve(samples * stride + aligned::SLACK);
+        stack.realign();
+        for row in grad_rows.chunks_exact(rows.max(1)) {
+            stack.grad_rows.extend_from_slice(row);
+            stack
+                .grad_rows
+                .resize(stack.grad_rows.len() + stride - rows, 0.0);
+        }
+        Ok(stack)
     }
 }
 
@@ -840,6 +852,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn padded_rows_stay_aligned_and_survive_a_checkpoint() {
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let dir = std::env::temp_dir().join(format!("sparsetrain-window-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Outputs that are a whole line, less than one, and more than two.
+        for rows in [16, 5, 37] {
+            let shape = (rows, 50);
+            let steps: Vec<GradientFactors> = (0..6)
+                .map(|t| factors(&mut rng, shape, 20 + 30 * t, 0.2, -0.42))
+                .collect();
+            let mut stack = SparseInputStack::default();
+            for step in &steps[..3] {
+                stack.push(std::iter::once(step), shape);
+                // Growing the buffer moves it; the first row stays on a line.
+                assert_eq!(
+                    stack.rows_from_lead().as_ptr() as usize % aligned::LINE_BYTES,
+                    0
+                );
+            }
+            let mut contents = Contents::default();
+            stack.save(&mut contents, "w");
+            let (_, saved) = (contents.tensors.iter())
+                .find(|(name, _)| name == "w.grad_rows")
+                .unwrap();
+            let Tensor::F32(saved_shape, _) = saved else {
+                panic!("grad_rows is f32")
+            };
+            assert_eq!(saved_shape, &vec![stack.samples(), rows], "saved unpadded");
+            contents
+                .metadata
+                .insert("format".into(), crate::checkpoint::FORMAT.into());
+            let path = dir.join(format!("{rows}.safetensors"));
+            contents.write(&path).unwrap();
+            let mut restored =
+                SparseInputStack::restore(&Checkpoint::open(&path).unwrap(), "w", shape).unwrap();
+            for step in &steps[3..] {
+                stack.push(std::iter::once(step), shape);
+                restored.push(std::iter::once(step), shape);
+            }
+            let (a, b) = (stack.momentum(0.9, shape), restored.momentum(0.9, shape));
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{rows} outputs"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
