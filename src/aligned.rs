@@ -54,13 +54,18 @@ pub const SLACK: usize = LINE_FLOATS - 1;
 pub fn array_in(mut buffer: Vec<f32>, rows: usize, cols: usize) -> Array2<f32> {
     let len = rows * cols;
     buffer.resize(len + SLACK, 0.0);
-    // `align_offset` may in principle decline (usize::MAX): the array is then
-    // merely unaligned, never out of bounds.
-    let skip = buffer.as_ptr().align_offset(LINE_BYTES).min(SLACK);
+    let skip = floats_to_line(&buffer);
     Array1::from_vec(buffer)
         .slice_move(s![skip..skip + len])
         .into_shape_with_order((rows, cols))
         .expect("a contiguous slice of rows · cols values")
+}
+
+/// How many of `buffer`'s first floats to skip so the next starts a cache
+/// line: at most [`SLACK`]. (`align_offset` may in principle decline; the
+/// data is then merely unaligned, never out of bounds.)
+pub(crate) fn floats_to_line(buffer: &[f32]) -> usize {
+    buffer.as_ptr().align_offset(LINE_BYTES).min(SLACK)
 }
 
 /// A `rows × cols` array of zeros, its first value 64-byte aligned.

@@ -479,9 +479,10 @@ impl SparseInputStack {
     /// must leave [`aligned::SLACK`] floats to spare.
     fn realign(&mut self) {
         let filled = self.grad_rows.len() - self.lead;
-        let lead = (self.grad_rows.as_ptr())
-            .align_offset(aligned::LINE_BYTES)
-            .min(aligned::SLACK);
+        let lead = aligned::floats_to_line(&self.grad_rows);
+        if lead == self.lead {
+            return; // Not moved: nothing to copy (the usual case).
+        }
         if lead > self.lead {
             self.grad_rows.resize(lead + filled, 0.0);
         }
