@@ -255,7 +255,12 @@ fn matrices_with_empty_rows_and_columns() {
     ];
     let w = SparseMatrix::from_dense(dense.view());
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for batch in [1, 7, 8, 9, 15, 16, 17, 64, 100, 127, 128, 129, 300] {
+    // Widths of one partial vector, of a four-lane tail alone (4) or after
+    // whole vectors (20, 36, 52, 100, 132: AVX2's last chunk or AVX-512's
+    // takes it along), of an overlapping last vector, and of several chunks.
+    for batch in [
+        1, 4, 5, 7, 8, 9, 15, 16, 17, 20, 36, 52, 64, 100, 127, 128, 129, 132, 133, 300,
+    ] {
         let x = Array2::from_shape_simple_fn((4, batch), || rng.random_range(-1.0f32..1.0));
         let dy = Array2::from_shape_simple_fn((3, batch), || rng.random_range(-1.0f32..1.0));
         check_against_dense(&Problem {

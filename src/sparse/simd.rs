@@ -100,6 +100,9 @@ trait Vector: Copy {
     const MAX_VECTORS: usize;
     /// Sixteen floats, in one register or two: the partial sums of a dot product.
     type Sixteen: Copy;
+    /// Four floats in one register: a row's last columns when at most four
+    /// are left after its whole vectors.
+    type Four: FourLanes;
 
     unsafe fn zero() -> Self;
     unsafe fn splat(value: f32) -> Self;
@@ -146,6 +149,84 @@ fn multiply_add(a: f32, b: f32, c: f32) -> f32 {
     }
 }
 
+/// The portable vectors' arithmetic, lane by lane over arrays of any width.
+mod lanewise {
+    use super::multiply_add;
+
+    #[inline(always)]
+    pub(super) fn mul_add<const L: usize>(a: [f32; L], b: [f32; L], c: [f32; L]) -> [f32; L] {
+        std::array::from_fn(|l| multiply_add(a[l], b[l], c[l]))
+    }
+
+    #[inline(always)]
+    pub(super) fn add<const L: usize>(a: [f32; L], b: [f32; L]) -> [f32; L] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+
+    /// `a > b ? a : b`, as x86's `max` (so `b` where `a` is NaN).
+    #[inline(always)]
+    pub(super) fn max<const L: usize>(a: [f32; L], b: [f32; L]) -> [f32; L] {
+        std::array::from_fn(|l| if a[l] > b[l] { a[l] } else { b[l] })
+    }
+}
+
+/// Four floats, the operations [`chunk_sums`] needs of them: a quarter of
+/// an AVX-512 vector, half of an AVX2 one.
+///
+/// # Safety
+/// As [`Vector`]'s: the CPU must have the instruction set the implementation
+/// belongs to, and pointers must be valid for four floats.
+trait FourLanes: Copy {
+    unsafe fn zero() -> Self;
+    unsafe fn splat(value: f32) -> Self;
+    /// The four floats at `src`.
+    unsafe fn load(src: *const f32) -> Self;
+    /// Writes the four floats to `dst`.
+    unsafe fn store(self, dst: *mut f32);
+    /// `a · b + c`, one rounding.
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// Lane by lane `a > b ? a : b`, as [`Vector::max`].
+    unsafe fn max(a: Self, b: Self) -> Self;
+}
+
+/// Four floats for the portable vector.
+#[derive(Clone, Copy)]
+struct PortableFour([f32; 4]);
+
+impl FourLanes for PortableFour {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        PortableFour([0.0; 4])
+    }
+    #[inline(always)]
+    unsafe fn splat(value: f32) -> Self {
+        PortableFour([value; 4])
+    }
+    #[inline(always)]
+    unsafe fn load(src: *const f32) -> Self {
+        // SAFETY: the caller guarantees `src` is valid for four reads.
+        PortableFour(unsafe { src.cast::<[f32; 4]>().read_unaligned() })
+    }
+    #[inline(always)]
+    unsafe fn store(self, dst: *mut f32) {
+        // SAFETY: the caller guarantees `dst` is valid for four writes.
+        unsafe { dst.cast::<[f32; 4]>().write_unaligned(self.0) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+        PortableFour(lanewise::mul_add(a.0, b.0, c.0))
+    }
+    #[inline(always)]
+    unsafe fn add(a: Self, b: Self) -> Self {
+        PortableFour(lanewise::add(a.0, b.0))
+    }
+    #[inline(always)]
+    unsafe fn max(a: Self, b: Self) -> Self {
+        PortableFour(lanewise::max(a.0, b.0))
+    }
+}
+
 /// The portable vector: 16 floats the compiler keeps in whatever registers
 /// the build's target has.
 #[derive(Clone, Copy)]
@@ -155,6 +236,7 @@ impl Vector for Portable {
     const LANES: usize = 16;
     const MAX_VECTORS: usize = 4;
     type Sixteen = Self;
+    type Four = PortableFour;
 
     #[inline(always)]
     unsafe fn zero() -> Self {
@@ -192,19 +274,15 @@ impl Vector for Portable {
     }
     #[inline(always)]
     unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
-        Portable(std::array::from_fn(|l| {
-            multiply_add(a.0[l], b.0[l], c.0[l])
-        }))
+        Portable(lanewise::mul_add(a.0, b.0, c.0))
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
-        Portable(std::array::from_fn(|l| a.0[l] + b.0[l]))
+        Portable(lanewise::add(a.0, b.0))
     }
     #[inline(always)]
     unsafe fn max(a: Self, b: Self) -> Self {
-        Portable(std::array::from_fn(|l| {
-            if a.0[l] > b.0[l] { a.0[l] } else { b.0[l] }
-        }))
+        Portable(lanewise::max(a.0, b.0))
     }
     #[inline(always)]
     unsafe fn zero16() -> Self {
@@ -250,8 +328,44 @@ mod x86 {
     // repeat that. Pointer arguments carry the same contract as `Vector`'s.
     #![allow(unsafe_op_in_unsafe_fn)]
 
-    use super::Vector;
+    use super::{FourLanes, Vector};
     use std::arch::x86_64::*;
+
+    /// Four floats in an SSE register, for both AVX2 and AVX-512 (with the
+    /// VEX encoding and FMA, which both entry points enable).
+    #[derive(Clone, Copy)]
+    pub(super) struct Sse(__m128);
+
+    impl FourLanes for Sse {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Sse(_mm_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn splat(value: f32) -> Self {
+            Sse(_mm_set1_ps(value))
+        }
+        #[inline(always)]
+        unsafe fn load(src: *const f32) -> Self {
+            Sse(_mm_loadu_ps(src))
+        }
+        #[inline(always)]
+        unsafe fn store(self, dst: *mut f32) {
+            _mm_storeu_ps(dst, self.0)
+        }
+        #[inline(always)]
+        unsafe fn mul_add(a: Self, b: Self, c: Self) -> Self {
+            Sse(_mm_fmadd_ps(a.0, b.0, c.0))
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            Sse(_mm_add_ps(a.0, b.0))
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            Sse(_mm_max_ps(a.0, b.0))
+        }
+    }
 
     #[derive(Clone, Copy)]
     pub(super) struct Avx2(__m256);
@@ -268,6 +382,7 @@ mod x86 {
         const LANES: usize = 8;
         const MAX_VECTORS: usize = 6;
         type Sixteen = [__m256; 2];
+        type Four = Sse;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -375,6 +490,7 @@ mod x86 {
         const LANES: usize = 16;
         const MAX_VECTORS: usize = 8;
         type Sixteen = Self;
+        type Four = Sse;
 
         #[inline(always)]
         unsafe fn zero() -> Self {
@@ -744,7 +860,8 @@ unsafe fn epilogue_portable(block: &mut EpilogueGrads<'_>) {
 }
 
 /// [`weighted_sums`] with vectors `V`: the batch columns in chunks of up to
-/// `V::MAX_VECTORS` vectors, every row of the block per chunk.
+/// `V::MAX_VECTORS` vectors (the last chunk also takes up to four columns
+/// more), every row of the block per chunk.
 ///
 /// # Safety
 /// `V`'s instructions must be available.
@@ -756,56 +873,107 @@ where
     let chunk = V::LANES * V::MAX_VECTORS;
     let mut start = block.cols.start;
     while start < block.cols.end {
-        let width = chunk.min(block.cols.end - start);
-        // SAFETY: forwarded; `start..start + width` lies inside `block.cols`.
-        unsafe {
-            match width.div_ceil(V::LANES) {
-                1 => chunk_sums::<V, I, 1>(block, entries, start, width),
-                2 => chunk_sums::<V, I, 2>(block, entries, start, width),
-                3 => chunk_sums::<V, I, 3>(block, entries, start, width),
-                4 => chunk_sums::<V, I, 4>(block, entries, start, width),
-                5 => chunk_sums::<V, I, 5>(block, entries, start, width),
-                6 => chunk_sums::<V, I, 6>(block, entries, start, width),
-                7 => chunk_sums::<V, I, 7>(block, entries, start, width),
-                _ => chunk_sums::<V, I, 8>(block, entries, start, width),
-            }
+        let left = block.cols.end - start;
+        // A last few columns go with the chunk before them, as its four-lane
+        // tail: a chunk of their own would read every entry once more.
+        let width = if left <= chunk + 4 { left } else { chunk };
+        let shape = ChunkShape::of::<V>(width);
+        macro_rules! chunk_sums_with {
+            ($($n:literal)*) => {
+                match (shape.vectors, shape.tail.is_some()) {
+                    $(
+                        ($n, false) => chunk_sums::<V, I, $n, false>(block, entries, start, shape),
+                        ($n, true) => chunk_sums::<V, I, $n, true>(block, entries, start, shape),
+                    )*
+                    _ => unreachable!("a chunk has at most MAX_VECTORS + 1 vectors"),
+                }
+            };
         }
+        // SAFETY: forwarded; `start..start + width` lies inside `block.cols`
+        // and `shape` was made for `width`.
+        unsafe { chunk_sums_with!(0 1 2 3 4 5 6 7 8) }
         start += width;
     }
 }
 
-/// Columns `start..start + width` of every row of the block, in `N` vectors
-/// per set of sums.
+/// How the columns of a chunk map onto vectors: whole vectors from the
+/// first column, then either a four-lane tail (when at most four columns are
+/// left over) or one more vector ending at the chunk's last column.
 ///
-/// The last vector covers the chunk's last `LANES` columns, overlapping the
-/// one before it when `width` is not a multiple of `LANES`: a column's sum is
-/// the same computation in either vector, so the overlap rewrites identical
-/// values, and every load and store is a whole vector. Only a chunk narrower
-/// than one vector uses partial (masked) loads and stores.
+/// An end vector or tail overlaps the vector before it when the width is not
+/// a multiple of its lanes: a column's sum is the same computation in either
+/// vector, so the overlap rewrites identical values, and every load and
+/// store is whole. Only a chunk narrower than four columns, or narrower than
+/// one vector with more than four, uses a partial (masked) vector.
+#[derive(Clone, Copy)]
+struct ChunkShape {
+    /// Vectors of `LANES` (or, for a narrow chunk, fewer) lanes.
+    vectors: usize,
+    /// The last vector: its first column and how many it holds; the others
+    /// start at `v · LANES` and are whole.
+    last: (usize, usize),
+    /// The first column of the four-lane tail, if there is one.
+    tail: Option<usize>,
+}
+
+impl ChunkShape {
+    /// The shape of a chunk of `width > 0` columns for vectors `V`.
+    fn of<V: Vector>(width: usize) -> Self {
+        let (whole, rest) = (width / V::LANES, width % V::LANES);
+        let ends_at = |vectors: usize, last: (usize, usize), tail| ChunkShape {
+            vectors,
+            last,
+            tail,
+        };
+        let last_whole = (whole.saturating_sub(1) * V::LANES, V::LANES);
+        if rest == 0 {
+            ends_at(whole, last_whole, None)
+        } else if rest <= 4 && width >= 4 {
+            ends_at(whole, last_whole, Some(width - 4))
+        } else if whole > 0 {
+            ends_at(whole + 1, (width - V::LANES, V::LANES), None)
+        } else {
+            ends_at(1, (0, width), None)
+        }
+    }
+
+    /// The first column and lane count of vector `v`.
+    #[inline(always)]
+    fn place<V: Vector>(self, v: usize) -> (usize, usize) {
+        if v + 1 < self.vectors {
+            (v * V::LANES, V::LANES)
+        } else {
+            self.last
+        }
+    }
+}
+
+/// A set of running sums: `N` vectors and, if the chunk has one, a four-lane
+/// tail (left at zero otherwise).
+#[derive(Clone, Copy)]
+struct Sums<V: Vector, const N: usize> {
+    vectors: [V; N],
+    tail: V::Four,
+}
+
+/// Columns `start..` of every row of the block, shaped as `shape` says with
+/// `N` vectors and a tail if `TAIL`: the row's entries alternate between two
+/// sets of sums, added at the end.
 ///
 /// # Safety
-/// `V`'s instructions must be available; `start..start + width` must lie
-/// inside `block.cols` and need exactly `N` vectors.
+/// `V`'s instructions must be available; the chunk's columns must lie inside
+/// `block.cols`, and `shape` must have been made for them with `N` vectors
+/// and a tail if and only if `TAIL`.
 #[inline(always)]
-unsafe fn chunk_sums<V: Vector, I, const N: usize>(
+unsafe fn chunk_sums<V: Vector, I, const N: usize, const TAIL: bool>(
     block: &mut SumBlock<'_>,
     entries: &impl Fn(usize) -> I,
     start: usize,
-    width: usize,
+    shape: ChunkShape,
 ) where
     I: Iterator<Item = (f32, usize)> + Clone,
 {
-    let last = if width >= V::LANES {
-        LastVector {
-            offset: width - V::LANES,
-            lanes: V::LANES,
-        }
-    } else {
-        LastVector {
-            offset: 0,
-            lanes: width,
-        }
-    };
+    let tail = shape.tail.unwrap_or(0);
     let source_rows = block.source.len() / block.stride;
     let source = block.source.as_ptr();
     let row_stride = block.out.strides()[0];
@@ -816,81 +984,82 @@ unsafe fn chunk_sums<V: Vector, I, const N: usize>(
         let source_row = |i: usize| -> *const f32 {
             assert!(i < source_rows, "an entry names a row beyond the source");
             // SAFETY: row `i < source_rows` starts at `i · stride` and holds
-            // `stride ≥ start + width` floats, all inside `source`.
+            // `stride` floats, all of the chunk's columns among them.
             unsafe { source.add(i * block.stride + start) }
         };
-        // SAFETY: `V` is available; every load reads `width` floats of one
-        // source row (checked above) or of output row `n`, every store writes
-        // `width` floats of output row `n`, whose columns `start − cols.start
-        // ..` lie in `out`.
+        // SAFETY: `V` is available; every load reads columns of the chunk
+        // of one source row (checked above) or of output row `n`, every store
+        // writes columns of the chunk of output row `n`, which lie in `out`.
         unsafe {
             let row = out.offset(n as isize * row_stride + (start - block.cols.start) as isize);
-            let (mut even, mut odd) = ([V::zero(); N], [V::zero(); N]);
+            let zero = Sums::<V, N> {
+                vectors: [V::zero(); N],
+                tail: V::Four::zero(),
+            };
+            let (mut even, mut odd) = (zero, zero);
             if block.accumulate {
-                for (v, sum) in even.iter_mut().enumerate() {
-                    let (offset, lanes) = last.place(v, N, V::LANES);
+                for (v, sum) in even.vectors.iter_mut().enumerate() {
+                    let (offset, lanes) = shape.place::<V>(v);
                     *sum = V::load(row.add(offset), lanes);
+                }
+                if TAIL {
+                    even.tail = V::Four::load(row.add(tail));
                 }
             }
             let mut entries = entries(r);
             while let Some((w, i)) = entries.next() {
-                accumulate(&mut even, w, source_row(i), last);
+                accumulate::<V, N, TAIL>(&mut even, w, source_row(i), shape);
                 let Some((w, i)) = entries.next() else { break };
-                accumulate(&mut odd, w, source_row(i), last);
+                accumulate::<V, N, TAIL>(&mut odd, w, source_row(i), shape);
             }
-            let bias = block.epilogue.bias.map(|b| V::splat(b[r]));
+            let bias = block.epilogue.bias.map(|b| b[r]);
             for v in 0..N {
-                let (offset, lanes) = last.place(v, N, V::LANES);
-                let mut sum = V::add(even[v], odd[v]);
+                let (offset, lanes) = shape.place::<V>(v);
+                let mut sum = V::add(even.vectors[v], odd.vectors[v]);
                 if let Some(bias) = bias {
-                    sum = V::add(sum, bias);
+                    sum = V::add(sum, V::splat(bias));
                 }
                 if block.epilogue.relu {
                     sum = V::max(sum, V::zero());
                 }
                 sum.store(row.add(offset), lanes);
             }
+            if TAIL {
+                let mut sum = V::Four::add(even.tail, odd.tail);
+                if let Some(bias) = bias {
+                    sum = V::Four::add(sum, V::Four::splat(bias));
+                }
+                if block.epilogue.relu {
+                    sum = V::Four::max(sum, V::Four::zero());
+                }
+                sum.store(row.add(tail));
+            }
         }
     }
 }
 
-/// Where a chunk's last vector lies: its first column and how many it holds.
-#[derive(Clone, Copy)]
-struct LastVector {
-    offset: usize,
-    lanes: usize,
-}
-
-impl LastVector {
-    /// The first column and lane count of vector `v` of `n` vectors of `width` lanes.
-    #[inline(always)]
-    fn place(self, v: usize, n: usize, width: usize) -> (usize, usize) {
-        if v + 1 < n {
-            (v * width, width)
-        } else {
-            (self.offset, self.lanes)
-        }
-    }
-}
-
-/// `sums += w · x` over `N` vectors placed as `last` says.
+/// `sums += w · x` over the vectors (and tail) of `shape`.
 ///
 /// # Safety
 /// `V`'s instructions must be available; `x` must be valid for reads of
-/// every vector's columns.
+/// every column of the chunk.
 #[inline(always)]
-unsafe fn accumulate<V: Vector, const N: usize>(
-    sums: &mut [V; N],
+unsafe fn accumulate<V: Vector, const N: usize, const TAIL: bool>(
+    sums: &mut Sums<V, N>,
     w: f32,
     x: *const f32,
-    last: LastVector,
+    shape: ChunkShape,
 ) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        let w = V::splat(w);
-        for (v, sum) in sums.iter_mut().enumerate() {
-            let (offset, lanes) = last.place(v, N, V::LANES);
-            *sum = V::mul_add(w, V::load(x.add(offset), lanes), *sum);
+        let splat = V::splat(w);
+        for (v, sum) in sums.vectors.iter_mut().enumerate() {
+            let (offset, lanes) = shape.place::<V>(v);
+            *sum = V::mul_add(splat, V::load(x.add(offset), lanes), *sum);
+        }
+        if TAIL {
+            let x = V::Four::load(x.add(shape.tail.unwrap_or(0)));
+            sums.tail = V::Four::mul_add(V::Four::splat(w), x, sums.tail);
         }
     }
 }
