@@ -107,7 +107,7 @@ fn the_same_seed_gives_the_same_run_for_any_thread_count() {
 #[test]
 fn batch_shards_sum_to_the_whole_batch_gradient() {
     // Dense, so both runs keep the same weights to compare: 20 steps on two
-    // tapes of 48 and 52 samples against 20 steps on one tape of 100. Only
+    // tapes of 64 and 36 samples against 20 steps on one tape of 100. Only
     // the order of the sums differs, so the weights stay within rounding.
     let run = |shards| {
         let config = TrainConfig {
