@@ -1034,26 +1034,35 @@ struct Shard {
 /// The samples of a batch of `len` that shard `s` of `shards` trains.
 ///
 /// Every part but the last starts at a multiple of 16 samples when the batch
-/// is big enough, its even share rounded up: activations are stored
-/// batch-inner, so a part of 16·k samples fills whole 16-float vectors and
-/// its rows start on cache lines, and the last part, whose rows are ragged
-/// (a four-lane tail, loads that straddle lines), is the smaller one. A batch
-/// of 100 splits 64 + 36: one thread takes 42.7 and 38.4 µs for the two parts
-/// of a 2 % LeNet-300-100 step, against 35.3 and 47.7 µs for 48 + 52, and two
-/// threads' step 57.5 µs against 62 (docs/performance.md).
+/// is big enough: activations are stored batch-inner, so a part of 16·k
+/// samples fills whole 16-float vectors and its rows start on cache lines.
+/// The boundaries are the even shares rounded up, so that the last part,
+/// whose rows are ragged (a four-lane tail, loads that straddle lines), is
+/// the smaller one, unless that would leave it fewer than [`MIN_SHARD`]
+/// samples; then they are rounded down. A batch of 100 splits 64 + 36: one
+/// thread takes 42.7 and 38.4 µs for the two parts of a 2 % LeNet-300-100
+/// step, against 35.3 and 48.1 µs for 48 + 52, and two threads' step 57.5 µs
+/// against 62 (docs/performance.md; measured for two shards only).
 fn shard_range(len: usize, shards: usize, s: usize) -> std::ops::Range<usize> {
     const VECTOR: usize = 16;
-    let boundary = |s: usize| {
+    let boundary = |s: usize, round: fn(usize) -> usize| {
         let even = s * len / shards;
         if s == shards || len < VECTOR * shards {
             even
         } else {
             // At least 16 samples a part: `even ≤ len − 16`, so rounding
             // up stays below `len` and every part keeps a sample.
-            even.next_multiple_of(VECTOR)
+            round(even)
         }
     };
-    boundary(s)..boundary(s + 1)
+    let up: fn(usize) -> usize = |even| even.next_multiple_of(VECTOR);
+    let down: fn(usize) -> usize = |even| even / VECTOR * VECTOR;
+    let round = if len - boundary(shards - 1, up) >= MIN_SHARD {
+        up
+    } else {
+        down
+    };
+    boundary(s, round)..boundary(s + 1, round)
 }
 
 /// Copies samples `indices` of `data` into `batch` in the model's layout.
@@ -1102,7 +1111,7 @@ fn predicted_class(logits: &ndarray::Array2<f32>, j: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::shard_range;
+    use super::{MIN_SHARD, shard_range};
 
     #[test]
     fn shards_cover_the_batch_in_whole_vectors() {
@@ -1112,17 +1121,19 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(parts(100, 2), [0..64, 64..100]);
-        assert_eq!(parts(100, 3), [0..48, 48..80, 80..100]);
+        assert_eq!(parts(200, 2), [0..112, 112..200]);
+        // Rounding up would leave the last part fewer than MIN_SHARD samples.
+        assert_eq!(parts(100, 3), [0..32, 32..64, 64..100]);
+        assert_eq!(parts(66, 2), [0..32, 32..66]);
         assert_eq!(parts(64, 2), [0..32, 32..64]);
-        assert_eq!(parts(60, 2), [0..32, 32..60]);
         assert_eq!(shard_range(100, 1, 0), 0..100);
         // Small batches split evenly; a shard may be empty.
         assert_eq!(parts(10, 2), [0..5, 5..10]);
         assert_eq!(parts(1, 2), [0..0, 0..1]);
         // Always the whole batch, in order; every part but the last in whole
         // vectors and none empty once the batch has 16 samples a part.
-        for len in 0..300 {
-            for shards in 1..6 {
+        for len in 0..1100 {
+            for shards in 1..17 {
                 let parts = parts(len, shards);
                 assert_eq!(parts[0].start, 0);
                 assert_eq!(parts[shards - 1].end, len);
@@ -1130,6 +1141,10 @@ mod tests {
                 if len >= 16 * shards {
                     assert!(parts.iter().all(|p| !p.is_empty()));
                     assert!(parts[..shards - 1].iter().all(|p| p.end % 16 == 0));
+                }
+                // As many shards as the default picks: none below MIN_SHARD.
+                if shards <= len / MIN_SHARD {
+                    assert!(parts.iter().all(|p| p.len() >= MIN_SHARD), "{parts:?}");
                 }
             }
         }
