@@ -170,9 +170,12 @@ fn train(args: TrainArgs) -> CliResult {
     let checkpoint = run_dir.join("checkpoint.safetensors");
     let mut printer = ProgressPrinter::new(args.verbose, false);
     let summary = trainer.run_with(&mut printer, |trainer, stats| {
-        // Checkpoint first: a crash before the log line repeats no epoch on resume.
-        trainer.save_checkpoint(&checkpoint)?;
-        log.epoch(stats)
+        // The log line first: a crash before the (atomic) checkpoint is
+        // written re-runs this epoch on resume, and the resumed log drops the
+        // line. The other order lost the epoch's line when a crash fell
+        // between the two.
+        log.epoch(stats)?;
+        trainer.save_checkpoint(&checkpoint)
     })?;
     printer.finish();
     print_summary(&summary);
