@@ -270,12 +270,22 @@ impl Checkpoint {
             let (rows, cols) = self.param_shape(name)?;
             return Ok(vec![rows, cols]);
         }
+        let (rows, cols) = self.param_shape(name)?;
         let text = self.metadata(&key)?;
         let dims: Option<Vec<usize>> = text.split(',').map(|d| d.parse().ok()).collect();
-        dims.filter(|d| d.len() >= 2).ok_or_else(|| {
+        // The dimensions must lay out the stored matrix: outputs first, the
+        // rest (a kernel's channels and offsets, which readers divide by)
+        // naming its columns.
+        let lays_out = |d: &Vec<usize>| {
+            d.len() >= 2
+                && d[0] == rows
+                && d[2..].iter().all(|&n| n > 0)
+                && d[1..].iter().try_fold(1usize, |acc, &n| acc.checked_mul(n)) == Some(cols)
+        };
+        dims.filter(lays_out).ok_or_else(|| {
             bad(
                 &self.path,
-                format!("`{key}` = `{text}` is not a list of dimensions"),
+                format!("`{key}` = `{text}` does not lay out a {rows} × {cols} parameter"),
             )
         })
     }

@@ -229,3 +229,55 @@ fn resuming_when_a_short_last_batch_starts_a_window_is_bit_identical() {
     config.epochs = 5;
     check_resume(config, 3);
 }
+
+/// Rewrites one metadata value of a safetensors file in place (its header is
+/// an 8-byte length and JSON; the tensors' offsets count from its end).
+fn set_metadata(path: &Path, key: &str, value: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    header["__metadata__"][key] = value.into();
+    let mut json = serde_json::to_vec(&header).unwrap();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn tampered_metadata_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = saved_checkpoint(dir.path());
+
+    // A 64-byte seed that is not hex, with a character of several bytes
+    // where a hex pair would start.
+    let seed = format!("€{}", "a".repeat(61));
+    assert_eq!(seed.len(), 64);
+    set_metadata(&path, "sparse_learning.rng_seed", &seed);
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    let mut trainer =
+        Trainer::new(checkpoint.config().unwrap(), &mnist().train, &mnist().test).unwrap();
+    let err = trainer.restore(&checkpoint).unwrap_err().to_string();
+    assert!(
+        err.contains("rng_seed") && err.contains("run.safetensors"),
+        "{err}"
+    );
+
+    // Dimensions that do not lay out the stored matrix (a reader would
+    // divide by the zero kernel size).
+    let name = checkpoint.param_names().unwrap()[0].clone();
+    let (rows, cols) = checkpoint.param_shape(&name).unwrap();
+    for dims in [format!("{rows},1,0,0"), format!("{rows},{}", cols + 1)] {
+        set_metadata(&path, &format!("{name}.dims"), &dims);
+        let err = Checkpoint::open(&path)
+            .unwrap()
+            .param_dims(&name)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&dims) && err.contains("run.safetensors"),
+            "{err}"
+        );
+    }
+}

@@ -111,7 +111,7 @@ pub fn parse_idx(mut reader: impl Read, path: &Path) -> Result<IdxArray> {
     // from "exact" without trusting the header for an allocation size.
     let mut bytes = Vec::new();
     reader
-        .take(expected as u64 + 1)
+        .take((expected as u64).saturating_add(1))
         .read_to_end(&mut bytes)
         .map_err(|e| read_failed(e, "data"))?;
     if bytes.len() < expected {
@@ -171,6 +171,14 @@ mod tests {
         let err = parse(&idx_bytes(&[2, 3], &[1, 2, 3])).unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
         assert!(err.to_string().contains("test.idx"), "{err}");
+    }
+
+    #[test]
+    fn dimensions_that_fill_the_address_space_are_truncated() {
+        // 1 722 007 169 · 42 009 217 · 255 = 2⁶⁴ − 1 bytes: the product fits a
+        // 64-bit `usize` exactly, one byte more does not.
+        let err = parse(&idx_bytes(&[1_722_007_169, 42_009_217, 255], &[1, 2, 3])).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]

@@ -321,6 +321,7 @@ impl SparseLearning {
         let seed_hex = checkpoint.metadata("sparse_learning.rng_seed")?;
         let mut seed = [0u8; 32];
         let valid = seed_hex.len() == 64
+            && seed_hex.is_ascii()
             && seed.iter_mut().enumerate().all(|(i, byte)| {
                 u8::from_str_radix(&seed_hex[2 * i..2 * i + 2], 16)
                     .map(|b| *byte = b)
