@@ -12,7 +12,7 @@
 //! the run's configuration (JSON), epochs and steps done, the data
 //! normalisation, and the sparse-learning controller's random-number state;
 //! an open dense-momentum window is stored as tensors under `sparse_learning.`.
-//! With all that, [`crate::train::Trainer::resume`] continues a run exactly as
+//! With all that, [`crate::train::Trainer::restore`] continues a run exactly as
 //! if it had never stopped.
 //!
 //! Writes are atomic: a temporary file is written and synced, then renamed

@@ -44,7 +44,7 @@
 //! | [`checkpoint`] | saving and resuming runs (safetensors) |
 //! | [`runlog`], [`plot`] | a run's metrics and its pictures |
 //! | [`stats`] | summaries of repeated runs |
-//! | [`bench`] | epoch and kernel timings for the CLI's `bench` command |
+//! | [`mod@bench`] | epoch and kernel timings for the CLI's `bench` command |
 
 #[macro_use]
 mod choices;

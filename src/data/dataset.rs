@@ -217,14 +217,14 @@ impl Dataset {
     /// `features × batch`.
     ///
     /// The transposition goes by tiles of 16 samples × 16 features: 16 reads
-    /// of 16 bytes, a byte transposition in registers ([`transpose_16x16`]),
+    /// of 16 bytes, a byte transposition in registers (`transpose_16x16`),
     /// then 16 writes of 16 consecutive values. When the samples fill no
     /// whole number of tiles, the last tile overlaps the one before it (its
     /// samples are the last 16), rewriting a few columns with the same
     /// values, as the sparse kernels' last vector does. The features that
     /// fill no whole tile, and batches of fewer than 16 samples, take a plain loop.
     ///
-    /// The features are copied in blocks of [`GATHER_BLOCK`], as rayon
+    /// The features are copied in blocks of `GATHER_BLOCK` features, as rayon
     /// tasks: a trainer copies the next batch while the current one trains,
     /// and whichever core finishes its share of the step first takes the
     /// blocks the other has not reached.

@@ -3,7 +3,7 @@
 //! A [`Layer`] records its forward pass on a tape and says what shape of
 //! activation it makes from the one it gets; [`Sequential`] chains layers and
 //! checks, when it is built, that every layer fits what comes before it. The
-//! layers hold [`ParamId`](crate::params::ParamId)s; the values live in a
+//! layers hold [`ParamId`]s; the values live in a
 //! [`ParamStore`](crate::params::ParamStore), created through a
 //! [`ParamBuilder`] that decides which weights are sparse.
 //!

@@ -13,7 +13,7 @@
 //! Each does `2 · nnz · batch` useful FLOPs and reads one batch row of `4 · batch`
 //! bytes per stored weight (plus the weight and its column index); the output
 //! row being accumulated stays in registers. Cost is `O(nnz · batch)`: missing
-//! weights cost nothing. The inner loops are in [`super::simd`], in explicit
+//! weights cost nothing. The inner loops are in `sparse::simd`, in explicit
 //! AVX-512 or AVX2 where the CPU has them; `*_using` picks one by hand (for
 //! tests and benchmarks), the plain names use the best available.
 //!
@@ -487,5 +487,41 @@ mod tests {
         sddmm(&sparse, x.view(), x.view(), &mut grad);
         let full = x.dot(&x.t());
         assert_eq!(grad, vec![full[(0, 0)], full[(0, 2)], full[(2, 1)]]);
+    }
+
+    proptest::proptest! {
+        /// `add_weighted_rows` adds to what `out` holds the same sums as a
+        /// dense product: rows with no entries, rows that name every source
+        /// row (full density), some in between, and widths around the
+        /// vectors' and the four-lane tail's.
+        #[test]
+        fn add_weighted_rows_adds_the_dense_product(
+            (sources, outputs, width) in (0usize..9, 0usize..6, 1usize..40),
+            density in proptest::prop_oneof![
+                proptest::strategy::Just(0.0),
+                proptest::strategy::Just(1.0),
+                0.0..1.0f64
+            ],
+            seed in 0u64..1000,
+        ) {
+            let value = |k: usize| ((k as f64 * 0.731 + seed as f64).sin() * 2.0) as f32;
+            let source = Array2::from_shape_fn((sources, width), |(i, c)| value(i * 41 + c));
+            let weights = Array2::from_shape_fn((outputs, sources), |(j, i)| {
+                let k = 7 * j + 3 * i;
+                let kept = ((k as f64 * 0.377 + seed as f64 * 0.61).sin() + 1.0) / 2.0 < density;
+                if kept { value(1000 + k) } else { 0.0 }
+            });
+            let before = Array2::from_shape_fn((outputs, width), |(j, c)| value(5000 + j * 13 + c));
+            let lists: Vec<Vec<(f32, usize)>> = (weights.rows().into_iter())
+                .map(|row| (0..sources).filter(|&i| row[i] != 0.0).map(|i| (row[i], i)).collect())
+                .collect();
+            let entries = |j: usize| lists[j].iter().copied();
+            let mut out = before.clone();
+            add_weighted_rows(&entries, source.view(), out.view_mut());
+            let expected = &before + &weights.dot(&source);
+            for (got, want) in out.iter().zip(&expected) {
+                proptest::prop_assert!((got - want).abs() <= 1e-4 * (1.0 + want.abs()), "{} vs {}", got, want);
+            }
+        }
     }
 }

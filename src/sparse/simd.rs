@@ -248,12 +248,13 @@ impl Vector for Portable {
     }
     #[inline(always)]
     unsafe fn load(src: *const f32, lanes: usize) -> Self {
-        // SAFETY (both): the caller guarantees `src` is valid for `lanes` reads.
         if lanes == 16 {
+            // SAFETY: the caller guarantees `src` is valid for 16 reads.
             Portable(unsafe { src.cast::<[f32; 16]>().read_unaligned() })
         } else {
             Portable(std::array::from_fn(|l| {
                 if l < lanes {
+                    // SAFETY: the caller guarantees `src` is valid for `lanes` reads.
                     unsafe { *src.add(l) }
                 } else {
                     0.0
@@ -263,11 +264,12 @@ impl Vector for Portable {
     }
     #[inline(always)]
     unsafe fn store(self, dst: *mut f32, lanes: usize) {
-        // SAFETY (both): the caller guarantees `dst` is valid for `lanes` writes.
         if lanes == 16 {
+            // SAFETY: the caller guarantees `dst` is valid for 16 writes.
             unsafe { dst.cast::<[f32; 16]>().write_unaligned(self.0) }
         } else {
             for (l, &value) in self.0[..lanes].iter().enumerate() {
+                // SAFETY: the caller guarantees `dst` is valid for `lanes` writes.
                 unsafe { *dst.add(l) = value }
             }
         }
@@ -286,22 +288,27 @@ impl Vector for Portable {
     }
     #[inline(always)]
     unsafe fn zero16() -> Self {
+        // SAFETY: the portable vector needs no instruction set.
         unsafe { Self::zero() }
     }
     #[inline(always)]
     unsafe fn load16(src: *const f32, lanes: usize) -> Self {
+        // SAFETY: `load`'s contract is this method's, which the caller keeps.
         unsafe { Self::load(src, lanes) }
     }
     #[inline(always)]
     unsafe fn mul_add16(a: Self, b: Self, c: Self) -> Self {
+        // SAFETY: the portable vector needs no instruction set.
         unsafe { Self::mul_add(a, b, c) }
     }
     #[inline(always)]
     unsafe fn add16(a: Self, b: Self) -> Self {
+        // SAFETY: the portable vector needs no instruction set.
         unsafe { Self::add(a, b) }
     }
     #[inline(always)]
     unsafe fn store16(v: Self, dst: *mut f32, lanes: usize) {
+        // SAFETY: `store`'s contract is this method's, which the caller keeps.
         unsafe { v.store(dst, lanes) }
     }
     #[inline(always)]
@@ -371,6 +378,9 @@ mod x86 {
     pub(super) struct Avx2(__m256);
 
     /// `lanes` leading all-ones words: the mask of a partial AVX2 load or store.
+    ///
+    /// # Safety
+    /// AVX must be available (`lanes > 8` panics on the slice).
     #[inline(always)]
     unsafe fn avx2_mask(lanes: usize) -> __m256i {
         const WORDS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -473,6 +483,9 @@ mod x86 {
 
     /// Lanes `i` and `i + 4` first, then `(0 + 2) + (1 + 3)`: the second half
     /// of [`Vector::sum16`]'s tree.
+    ///
+    /// # Safety
+    /// AVX must be available.
     #[inline(always)]
     unsafe fn sum8(eight: __m256) -> f32 {
         let four = _mm_add_ps(
@@ -668,6 +681,9 @@ mod x86 {
     /// Callers must have checked the features at run time.
     macro_rules! entry_points {
         ($vector:ty, $features:literal, $sums:ident, $dots:ident, $epilogue:ident) => {
+            /// # Safety
+            /// The CPU must have the features, and the block be as
+            /// [`super::weighted_sums_with`] requires.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $sums<I: Iterator<Item = (f32, usize)> + Clone>(
                 block: &mut super::SumBlock<'_>,
@@ -677,12 +693,18 @@ mod x86 {
                 super::weighted_sums_with::<$vector, I>(block, entries)
             }
 
+            /// # Safety
+            /// The CPU must have the features, and the block be as
+            /// [`super::dot_products`] checks it.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $dots(block: &super::DotBlock<'_>, grad: &mut [f32]) {
                 // SAFETY: forwarded from the caller.
                 super::dot_products_with::<$vector>(block, grad)
             }
 
+            /// # Safety
+            /// The CPU must have the features, and the block be as
+            /// [`super::epilogue_grads`] checks it.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $epilogue(block: &mut super::EpilogueGrads<'_>) {
                 // SAFETY: forwarded from the caller.
@@ -841,6 +863,10 @@ pub(super) fn epilogue_grads(isa: InstructionSet, mut block: EpilogueGrads<'_>) 
 }
 
 /// The portable entry points: the generic code with the build's own target.
+///
+/// # Safety
+/// The blocks must be as the generic functions require (what
+/// [`weighted_sums`], [`dot_products`] and [`epilogue_grads`] check).
 unsafe fn sums_portable<I: Iterator<Item = (f32, usize)> + Clone>(
     block: &mut SumBlock<'_>,
     entries: &impl Fn(usize) -> I,
@@ -849,11 +875,15 @@ unsafe fn sums_portable<I: Iterator<Item = (f32, usize)> + Clone>(
     unsafe { weighted_sums_with::<Portable, I>(block, entries) }
 }
 
+/// # Safety
+/// As [`sums_portable`].
 unsafe fn dots_portable(block: &DotBlock<'_>, grad: &mut [f32]) {
     // SAFETY: the portable vector needs no CPU feature.
     unsafe { dot_products_with::<Portable>(block, grad) }
 }
 
+/// # Safety
+/// As [`sums_portable`].
 unsafe fn epilogue_portable(block: &mut EpilogueGrads<'_>) {
     // SAFETY: the portable vector needs no CPU feature.
     unsafe { epilogue_grads_with::<Portable>(block) }
@@ -864,7 +894,9 @@ unsafe fn epilogue_portable(block: &mut EpilogueGrads<'_>) {
 /// more), every row of the block per chunk.
 ///
 /// # Safety
-/// `V`'s instructions must be available.
+/// `V`'s instructions must be available, and `block` must be as
+/// [`weighted_sums`] checks it: `out` is `rows.len() × cols.len()` with
+/// contiguous rows (or one column), and `cols.end ≤ stride`.
 #[inline(always)]
 unsafe fn weighted_sums_with<V: Vector, I>(block: &mut SumBlock<'_>, entries: &impl Fn(usize) -> I)
 where
@@ -1091,13 +1123,15 @@ unsafe fn dot_products_with<V: Vector>(block: &DotBlock<'_>, grad: &mut [f32]) {
         let dy_row = &dy[r * batch..][..batch];
         let x_row = |k: usize| &x[indices[k] * batch..][..batch];
         let (mut k, end) = (indptr[r], indptr[r + 1]);
-        // SAFETY (both): forwarded; the rows are checked slices of `batch` floats.
         while k + 4 <= end {
             let rows = [x_row(k), x_row(k + 1), x_row(k + 2), x_row(k + 3)];
+            // SAFETY: `V` is available (forwarded); the rows are checked
+            // slices of `batch` floats, as `dy_row` is.
             grad[k - first..][..4].copy_from_slice(&unsafe { dots::<V, 4>(dy_row, rows) });
             k += 4;
         }
         for k in k..end {
+            // SAFETY: as above, for one row.
             grad[k - first] = unsafe { dots::<V, 1>(dy_row, [x_row(k)]) }[0];
         }
     }
@@ -1250,16 +1284,18 @@ mod tests {
         /// plain definition: rows shorter than a vector, whole vectors and a
         /// tail; all, none or some values on the background; a background of
         /// 0 (`−0` then counts as background), a negative one, and NaN (then
-        /// nothing is background); NaN values kept.
+        /// nothing is background); NaN values kept. Half of the rows are
+        /// all background or all off it, so that whole vectors of each occur.
         #[test]
         fn push_off_background_keeps_what_differs(
             background in prop_oneof![Just(0.0f32), Just(-0.42), Just(f32::NAN)],
             picks in prop::collection::vec(0u8..4, 0..70),
+            uniform in prop_oneof![Just(None), Just(None), Just(Some(0u8)), Just(Some(3u8))],
             first in 0u32..1000,
             already in 0usize..20,
         ) {
             let values: Vec<f32> = (picks.iter().enumerate())
-                .map(|(k, &pick)| match pick {
+                .map(|(k, &pick)| match uniform.unwrap_or(pick) {
                     0 | 1 => background,
                     2 => if k % 2 == 0 { -0.0 } else { f32::NAN },
                     _ => (k as f32 * 0.37).sin(),

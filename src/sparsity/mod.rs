@@ -9,7 +9,7 @@
 //!    [`PruneRule`] (smallest `|w|`); `p` follows a [`PruneRateSchedule`].
 //! 3. **Redistribute**: the `R` removed weights are shared out by score, each
 //!    layer capped at its free positions, what the caps cut off handed on to
-//!    layers with room ([`apportion`]). The total is conserved *exactly*.
+//!    layers with room ([`fn@apportion`]). The total is conserved *exactly*.
 //! 4. **Grow**: each layer fills its share with positions chosen by the
 //!    [`GrowthRule`] (largest momentum of missing weights); new weights start at
 //!    0, and a weight pruned in step 2 and chosen again keeps its value and
