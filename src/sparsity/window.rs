@@ -522,7 +522,9 @@ impl SparseInputStack {
         factors: impl Iterator<Item = &'g GradientFactors> + Clone,
         (rows, cols): (usize, usize),
     ) {
-        if self.step_starts.is_empty() {
+        // The background is the smallest input of the first step that
+        // brings samples (a window may open with steps that bring none).
+        if self.samples() == 0 {
             self.background = minimum(factors.clone());
         }
         let (background, isa) = (self.background, InstructionSet::best());
@@ -547,7 +549,8 @@ impl SparseInputStack {
             self.grad_rows.reserve(batch * stride + aligned::SLACK);
             self.realign();
             for k in 0..batch {
-                let column = grads[k..].iter().step_by(batch);
+                // (A layer without outputs has an empty `dY`.)
+                let column = grads.get(k..).unwrap_or_default().iter().step_by(batch);
                 self.grad_rows.extend(column.take(rows));
                 self.grad_rows
                     .resize(self.grad_rows.len() + stride - rows, 0.0);
@@ -851,6 +854,45 @@ mod tests {
                     (g - e).abs() <= 1e-4 * scale,
                     "{g} vs {e} (off {off}, b {background})"
                 );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// The same over random shapes (no outputs or no inputs included),
+        /// parts of batches and fractions off the background.
+        #[test]
+        fn sparse_inputs_give_the_dense_product_for_any_shape(
+            shape in (0usize..40, 0usize..70),
+            parts in proptest::collection::vec(proptest::collection::vec(1usize..90, 0..3), 1..4),
+            off in proptest::prop_oneof![
+                proptest::strategy::Just(0.0),
+                proptest::strategy::Just(1.0),
+                0.0..1.0f64
+            ],
+            background in proptest::prop_oneof![
+                proptest::strategy::Just(0.0f32),
+                proptest::strategy::Just(-0.42)
+            ],
+            seed in 0u64..1000,
+        ) {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut dense = FactorStack::default();
+            let mut sparse = SparseInputStack::default();
+            for step in &parts {
+                let step: Vec<GradientFactors> = step
+                    .iter()
+                    .map(|&batch| factors(&mut rng, shape, batch, off, background))
+                    .collect();
+                dense.push(step.iter());
+                sparse.push(step.iter(), shape);
+            }
+            let expected = dense.momentum(0.9, shape);
+            let got = sparse.momentum(0.9, shape);
+            proptest::prop_assert_eq!(got.dim(), shape);
+            let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+            for (g, e) in got.iter().zip(&expected) {
+                proptest::prop_assert!((g - e).abs() <= 1e-4 * scale, "{} vs {}", g, e);
             }
         }
     }
