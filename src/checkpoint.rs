@@ -266,11 +266,10 @@ impl Checkpoint {
     /// for checkpoints that do not record them.
     pub fn param_dims(&self, name: &str) -> Result<Vec<usize>> {
         let key = format!("{name}.dims");
+        let (rows, cols) = self.param_shape(name)?;
         if !self.metadata.contains_key(&key) {
-            let (rows, cols) = self.param_shape(name)?;
             return Ok(vec![rows, cols]);
         }
-        let (rows, cols) = self.param_shape(name)?;
         let text = self.metadata(&key)?;
         let dims: Option<Vec<usize>> = text.split(',').map(|d| d.parse().ok()).collect();
         // The dimensions must lay out the stored matrix: outputs first, the

@@ -821,6 +821,21 @@ mod tests {
         GradientFactors { output_grad, input }
     }
 
+    /// The momentum (β = 0.9) of `steps` from a dense stack and from a
+    /// sparse-input one.
+    fn both_momenta(
+        steps: &[Vec<GradientFactors>],
+        shape: (usize, usize),
+    ) -> (Array2<f32>, Array2<f32>) {
+        let mut dense = FactorStack::default();
+        let mut sparse = SparseInputStack::default();
+        for step in steps {
+            dense.push(step.iter());
+            sparse.push(step.iter(), shape);
+        }
+        (dense.momentum(0.9, shape), sparse.momentum(0.9, shape))
+    }
+
     #[test]
     fn sparse_inputs_give_the_dense_product() {
         let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -828,8 +843,6 @@ mod tests {
         // background, and full density (every input off the background but one).
         for (off, background) in [(0.0, 0.0), (0.2, 0.0), (0.2, -0.42), (1.0, 0.5)] {
             let shape = (37, 300);
-            let mut dense = FactorStack::default();
-            let mut sparse = SparseInputStack::default();
             // 600 samples: more than two sample blocks; the second step has
             // two pairs (two shards), the third none.
             let steps: Vec<Vec<GradientFactors>> = vec![
@@ -841,12 +854,7 @@ mod tests {
                 vec![],
                 vec![factors(&mut rng, shape, 400, off, background)],
             ];
-            for step in &steps {
-                dense.push(step.iter());
-                sparse.push(step.iter(), shape);
-            }
-            let expected = dense.momentum(0.9, shape);
-            let got = sparse.momentum(0.9, shape);
+            let (expected, got) = both_momenta(&steps, shape);
             assert_eq!(got.dim(), shape);
             let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             for (g, e) in got.iter().zip(&expected) {
@@ -877,18 +885,14 @@ mod tests {
             seed in 0u64..1000,
         ) {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let mut dense = FactorStack::default();
-            let mut sparse = SparseInputStack::default();
-            for step in &parts {
-                let step: Vec<GradientFactors> = step
-                    .iter()
-                    .map(|&batch| factors(&mut rng, shape, batch, off, background))
-                    .collect();
-                dense.push(step.iter());
-                sparse.push(step.iter(), shape);
-            }
-            let expected = dense.momentum(0.9, shape);
-            let got = sparse.momentum(0.9, shape);
+            let steps: Vec<Vec<GradientFactors>> = (parts.iter())
+                .map(|step| {
+                    (step.iter())
+                        .map(|&batch| factors(&mut rng, shape, batch, off, background))
+                        .collect()
+                })
+                .collect();
+            let (expected, got) = both_momenta(&steps, shape);
             proptest::prop_assert_eq!(got.dim(), shape);
             let scale = expected.iter().fold(1.0f32, |m, v| m.max(v.abs()));
             for (g, e) in got.iter().zip(&expected) {
